@@ -7,6 +7,7 @@ where it hits an error worth retrying.
 
 from __future__ import annotations
 
+import math
 from typing import NoReturn
 
 from ._errors import ActionRetryException
@@ -41,6 +42,11 @@ class DoublingBackoffExceptionFactory:
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an int >= 0, got {retries!r}")
         ActionRetryException(ms_backoff_initial)  # validates the backoff the same way
+        if retries and ms_backoff_initial and math.log2(ms_backoff_initial) + retries - 1 >= 1024:
+            raise ValueError(
+                f"ms_backoff_initial={ms_backoff_initial!r} doubled over {retries} retries "
+                f"overflows a float; use fewer retries or a smaller initial backoff"
+            )
         self._max_retries = retries
         self._executed_retries = 0
         self._ms_backoff = ms_backoff_initial
