@@ -1,35 +1,94 @@
 """actionqueues: run sequences of side-effecting actions safely.
 
 Each action has ``execute()`` and ``rollback()``. An :class:`ActionQueue`
-runs the actions in order, retries those that raise
-:class:`ActionRetryException`, and on a real failure lets the caller roll back
-what already ran, in reverse order.
+(or, with ``await``, an :class:`AsyncActionQueue`) runs the actions in order,
+retries what a :class:`RetryPolicy` or an :class:`ActionRetryException` says
+to retry, and on a real failure lets the caller roll back what already ran,
+in reverse order.
 """
 
 from ._action import Action, ActionLike
+from ._async import AsyncActionQueue
 from ._errors import (
     ActionQueuesError,
     ActionRetryException,
+    ActionTimeoutError,
     QueueStateError,
     RetryLimitExceeded,
     RollbackError,
 )
+from ._events import (
+    ActionFailed,
+    ActionStarted,
+    ActionSucceeded,
+    BaseListener,
+    Listener,
+    LoggingListener,
+    QueueFinished,
+    QueueRolledBack,
+    QueueStarted,
+    RetryScheduled,
+    RollbackFailed,
+    RollbackStarted,
+    RollbackSucceeded,
+    add_listener,
+    remove_listener,
+)
+from ._policy import RetryPolicy
 from ._queue import ActionQueue
 from ._report import RollbackFailure, RollbackReport
+from ._steps import (
+    AsyncFunctionStep,
+    AsyncStepDefinition,
+    FunctionStep,
+    ParallelGroup,
+    StepDefinition,
+    step,
+)
 from ._version import __version__
-from .exceptionfactory import DoublingBackoffExceptionFactory
+from .exceptionfactory import (
+    DoublingBackoffExceptionFactory,
+    ExponentialBackoffExceptionFactory,
+    FixedBackoffExceptionFactory,
+)
 
 __all__ = [
     "Action",
+    "ActionFailed",
     "ActionLike",
     "ActionQueue",
     "ActionQueuesError",
     "ActionRetryException",
+    "ActionStarted",
+    "ActionSucceeded",
+    "ActionTimeoutError",
+    "AsyncActionQueue",
+    "AsyncFunctionStep",
+    "AsyncStepDefinition",
+    "BaseListener",
     "DoublingBackoffExceptionFactory",
+    "ExponentialBackoffExceptionFactory",
+    "FixedBackoffExceptionFactory",
+    "FunctionStep",
+    "Listener",
+    "LoggingListener",
+    "ParallelGroup",
+    "QueueFinished",
+    "QueueRolledBack",
+    "QueueStarted",
     "QueueStateError",
     "RetryLimitExceeded",
+    "RetryPolicy",
+    "RetryScheduled",
     "RollbackError",
+    "RollbackFailed",
     "RollbackFailure",
     "RollbackReport",
+    "RollbackStarted",
+    "RollbackSucceeded",
+    "StepDefinition",
     "__version__",
+    "add_listener",
+    "remove_listener",
+    "step",
 ]

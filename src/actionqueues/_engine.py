@@ -1,9 +1,10 @@
 """The queue's engine: its state machine and every decision, with no I/O.
 
-The drivers (:class:`~actionqueues.ActionQueue` today, an async queue later)
-are thin loops that call actions, sleep and record; everything they ask
-("may I add?", "how long until the next retry?", "what does the rollback
-report say?") is answered here, once, for all of them.
+The drivers (:class:`~actionqueues.ActionQueue` and
+:class:`~actionqueues.AsyncActionQueue`) are thin loops that call actions,
+sleep and report; everything they ask ("may I add this?", "retry after how
+long, or give up?", "what goes in the rollback report?") is answered here,
+once, for both. The drivers differ only by ``await``.
 
 States keep the values of 0.8.2's ``aqstatemachine`` constants::
 
@@ -17,22 +18,40 @@ States keep the values of 0.8.2's ``aqstatemachine`` constants::
 from __future__ import annotations
 
 import logging
+import math
+import sys
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, TypeVar, overload
 
 from ._action import ActionLike
 from ._errors import ActionRetryException, QueueStateError, RetryLimitExceeded
+from ._events import (
+    _GLOBAL_LISTENERS,
+    Listener,
+    Method,
+    RetryScheduled,
+    RollbackFailed,
+    _check_listener,
+    active_listeners,
+    emit,
+)
+from ._policy import RetryPolicy
 from ._report import RollbackFailure
+from ._steps import FunctionStep, ParallelGroup, function_step
 
-__all__ = ["SleepFn", "logger"]
+__all__ = ["Clock", "SleepFn", "logger"]
 
 logger = logging.getLogger("actionqueues")
+_debug_enabled = logger.isEnabledFor
 
 #: A function that waits the given number of seconds, like :func:`time.sleep`.
 SleepFn = Callable[[float], object]
+#: A function returning the current time in seconds, like :func:`time.monotonic`.
+Clock = Callable[[], float]
 
 _A = TypeVar("_A", bound=ActionLike)
+_T = TypeVar("_T")
 
 INIT = 0
 ADD = 1
@@ -42,11 +61,11 @@ EXECUTE_COMPLETE = 4
 ROLLBACK_COMPLETE = 5
 
 _HINTS = {
-    "add": "actions can only be added before execute(); use a new ActionQueue for another run",
-    "execute": "a queue executes once; use a new ActionQueue to run the actions again",
+    "add": "actions can only be added before execute(); use a new queue for another run",
+    "add_group": "actions can only be added before execute(); use a new queue for another run",
+    "execute": "a queue executes once; use a new queue to run the actions again",
     "rollback": "rollback() is allowed once, after execute() has returned or raised",
 }
-
 
 # Classes whose execute and rollback are callable class attributes. Checking the
 # class once instead of each instance keeps add() cheap; the set is bounded so
@@ -67,44 +86,211 @@ def _is_action(action: object) -> bool:
     )
 
 
-def _default_sleep(seconds: float) -> None:
-    # Looked up at call time so that patching ``time.sleep`` in a test works.
-    time.sleep(seconds)
+def _attempts_of(error: BaseException) -> int:
+    """How many calls a step made before failing with ``error``."""
+    return len(getattr(error, "actionqueues_attempts", ())) + 1
+
+
+class _Switches:
+    """Process-wide switches flipped by :mod:`actionqueues.testing`."""
+
+    sleep_off = False
+
+
+switches = _Switches()
+
+
+def _check_policy(name: str, policy: object) -> None:
+    if policy is not None and not isinstance(policy, RetryPolicy):
+        raise TypeError(f"{name} must be a RetryPolicy or None, got {policy!r}")
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout < math.inf
+    ):
+        raise ValueError(f"timeout must be None or a finite number of seconds > 0, got {timeout!r}")
+
+
+class StepOptions:
+    """Per-step settings given to ``add()``; stored only for steps that have some."""
+
+    __slots__ = ("retry", "rollback_retry", "timeout")
+
+    def __init__(
+        self, retry: RetryPolicy | None, rollback_retry: RetryPolicy | None, timeout: float | None
+    ) -> None:
+        self.retry = retry
+        self.rollback_retry = rollback_retry
+        self.timeout = timeout
+
+
+_NO_OPTIONS: dict[int, StepOptions] = {}  # shared, never written: most queues have no options
+
+
+class Retrier:
+    """The retry decisions for one call sequence of one step's method."""
+
+    __slots__ = ("action", "attempt", "core", "history", "index", "listeners", "method", "start")
+
+    def __init__(
+        self,
+        core: QueueCore,
+        index: int,
+        action: object,
+        method: Method,
+        listeners: tuple[Listener, ...],
+        start: float | None,
+    ) -> None:
+        self.core = core
+        self.index = index
+        self.action = action
+        self.method = method
+        self.listeners = listeners
+        self.start = start
+        self.attempt = 1
+        self.history: list[RetryScheduled] = []
+
+    def after(self, error: BaseException) -> float:
+        """Seconds to wait before calling again; or raise to give up.
+
+        Giving up raises ``error`` itself (the last real error, with the
+        attempt history attached) or :class:`RetryLimitExceeded` when an
+        ``ActionRetryException`` exceeded a limit.
+        """
+        core = self.core
+        attempt = self.attempt
+        policy = core.policy_for(self.index, self.method)
+        elapsed = 0.0
+        if policy is not None and policy.deadline is not None:
+            start = self.start
+            if start is None:
+                start = self.start = core._clock()
+            elapsed = core._clock() - start
+        if isinstance(error, ActionRetryException):
+            limit = core._max_retries
+            if limit is not None and attempt > limit:
+                raise RetryLimitExceeded(self.action, self.method, limit) from error
+            delay = float(error.ms_backoff) / 1000.0
+            if policy is not None and not policy.allows(attempt, elapsed, delay):
+                raise RetryLimitExceeded(
+                    self.action, self.method, attempt - 1, "the retry policy's limits"
+                ) from error
+        else:
+            if policy is None or not policy.is_retryable(error):
+                self._give_up(error)
+            delay = policy.delay(attempt, error)
+            if not policy.allows(attempt, elapsed, delay):
+                self._give_up(error)
+        event = RetryScheduled(core, self.index, self.action, self.method, attempt, delay, error)
+        self.history.append(event)
+        logger.warning(
+            "step %d (%r) %s() attempt %d failed with %r; retrying in %.3f s",
+            self.index,
+            self.action,
+            self.method,
+            attempt,
+            error,
+            delay,
+            extra={"aq_event": "retry_scheduled", "aq_step": self.index, "aq_delay": delay},
+        )
+        if self.listeners:
+            emit(self.listeners, "on_retry_scheduled", event)
+        self.attempt = attempt + 1
+        return delay
+
+    def _give_up(self, error: BaseException) -> NoReturn:
+        history = self.history
+        if history:
+            error.actionqueues_attempts = tuple(history)  # type: ignore[attr-defined]
+            if sys.version_info >= (3, 11):  # pragma: no branch
+                tried = "; ".join(f"#{e.attempt}: {e.error!r}" for e in history)
+                error.add_note(
+                    f"actionqueues: {self.method}() of step {self.index} failed after "
+                    f"{self.attempt} attempts (earlier: {tried})"
+                )
+        raise error
 
 
 class QueueCore:
     """State, validation and decisions shared by every queue driver."""
 
-    __slots__ = ("_actions", "_failed", "_max_retries", "_sleep", "_started", "_state")
+    # Defaults live on the class, so that a plain ``ActionQueue()`` only sets
+    # what differs (this constructor is on every queue's hot path).
+    _state = INIT
+    _started = 0
+    _failed = False
+    _max_retries: int | None = None
+    _retry: RetryPolicy | None = None
+    _rollback_retry: RetryPolicy | None = None
+    _listeners: tuple[Listener, ...] = ()
+    _options: dict[int, StepOptions] = _NO_OPTIONS
+    _general = False  # True when a run needs the general loop (policies, groups, options)
+    _clock: Clock = time.monotonic
+    _sleep: Any
 
-    def __init__(self, *, sleep: SleepFn | None = None, max_retries: int | None = None) -> None:
-        if sleep is not None and not callable(sleep):
-            raise TypeError(
-                f"sleep must be a callable taking seconds (like time.sleep), got {sleep!r}"
-            )
-        if max_retries is not None and (
-            type(max_retries) is not int or max_retries < 0  # bool is refused too
-        ):
-            raise ValueError(
-                f"max_retries must be None (unlimited) or an int >= 0, got {max_retries!r}"
-            )
+    def __init__(
+        self,
+        *,
+        sleep: Callable[[float], Any] | None = None,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        rollback_retry: RetryPolicy | None = None,
+        listeners: Iterable[Listener] = (),
+        clock: Clock | None = None,
+    ) -> None:
         self._actions: list[ActionLike] = []
-        self._state = INIT
-        self._started = 0
-        self._failed = False
-        self._sleep: SleepFn = _default_sleep if sleep is None else sleep
-        self._max_retries = max_retries
+        if (
+            sleep is None
+            and max_retries is None
+            and retry is None
+            and rollback_retry is None
+            and clock is None
+            and not listeners
+        ):
+            return
+        if sleep is not None:
+            if not callable(sleep):
+                raise TypeError(
+                    f"sleep must be a callable taking seconds (like time.sleep), got {sleep!r}"
+                )
+            self._sleep = sleep
+        if clock is not None:
+            if not callable(clock):
+                raise TypeError(
+                    f"clock must be a callable returning seconds (like time.monotonic), "
+                    f"got {clock!r}"
+                )
+            self._clock = clock
+        if max_retries is not None:
+            if type(max_retries) is not int or max_retries < 0:  # bool is refused too
+                raise ValueError(
+                    f"max_retries must be None (unlimited) or an int >= 0, got {max_retries!r}"
+                )
+            self._max_retries = max_retries
+        if retry is not None or rollback_retry is not None:
+            _check_policy("retry", retry)
+            _check_policy("rollback_retry", rollback_retry)
+            self._retry = retry
+            self._rollback_retry = rollback_retry
+            self._general = True
+        own = tuple(listeners)
+        for listener in own:
+            _check_listener(listener)
+        self._listeners = own
 
     # -- introspection --------------------------------------------------
 
     @property
     def actions(self) -> tuple[ActionLike, ...]:
-        """The actions added so far, in the order they were added."""
+        """The steps added so far, in the order they were added."""
         return tuple(self._actions)
 
     @property
     def started(self) -> tuple[ActionLike, ...]:
-        """The actions whose ``execute`` was called (these are what ``rollback`` undoes)."""
+        """The steps whose ``execute`` was called (these are what ``rollback`` undoes)."""
         return tuple(self._actions[: self._started])
 
     @property
@@ -141,24 +327,143 @@ class QueueCore:
             state=state,
         )
 
-    # -- transitions ------------------------------------------------------
+    # -- building ---------------------------------------------------------
 
-    def add(self, action: _A) -> _A:
-        """Queue ``action`` to run after those already added, and return it.
+    @overload
+    def add(
+        self,
+        action: _A,
+        *,
+        retry: RetryPolicy | None = None,
+        rollback_retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> _A: ...
+    @overload
+    def add(
+        self,
+        action: Callable[[], _T],
+        *,
+        undo: Callable[[_T], object] | None = None,
+        retry: RetryPolicy | None = None,
+        rollback_retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> FunctionStep[_T]: ...
+    def add(  # the options are keyword-only for type checkers (see the overloads); at
+        # run time they are positional-or-keyword because CPython fills keyword-only
+        # defaults far more slowly, and add() is on every queue's hot path.
+        self,
+        action: Any,
+        undo: Callable[[Any], object] | None = None,
+        retry: RetryPolicy | None = None,
+        rollback_retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Queue a step to run after those already added, and return it.
+
+        The step is an action (an object with ``execute()`` and
+        ``rollback()``), or a plain function with an optional ``undo``
+        function, which is handed what the function returned::
+
+            user = q.add(lambda: create_user("alice"), undo=delete_user)
+
+        Args:
+            action: The action, or a function taking no argument.
+            undo: With a function: its compensation.
+            retry: The retry policy of this step's ``execute`` (overrides the queue's).
+            rollback_retry: The retry policy of this step's ``rollback``.
+            timeout: Seconds each call may take (``AsyncActionQueue`` only).
+
+        Returns:
+            The action itself, or the :class:`FunctionStep` wrapping the function.
 
         Raises:
-            TypeError: ``action`` has no callable ``execute`` or ``rollback``.
+            TypeError: ``action`` is neither an action nor a function, or
+                ``undo`` is given with an action.
             QueueStateError: the queue has already been executed.
         """
         if self._state > ADD:
             raise self._refused("add")
         if action.__class__ not in _ACTION_CLASSES and not _is_action(action):
+            if not callable(action):
+                raise TypeError(
+                    f"cannot add {action!r} to an action queue: an action needs callable "
+                    f"execute() and rollback() methods (subclass actionqueues.Action), "
+                    f"or pass a function (with undo= for its compensation)"
+                )
+            action = self._function_step(action, undo)
+        elif undo is not None:
             raise TypeError(
-                f"cannot add {action!r} to an action queue: an action needs callable "
-                f"execute() and rollback() methods (subclass actionqueues.Action)"
+                f"undo= is for function steps; {action!r} is an action, "
+                f"its rollback() is the compensation"
             )
+        if retry is not None or rollback_retry is not None or timeout is not None:
+            self._set_options(len(self._actions), retry, rollback_retry, timeout)
         self._actions.append(action)
         return action
+
+    def _function_step(self, do: Callable[[], Any], undo: Callable[[Any], object] | None) -> Any:
+        return function_step(do, undo)
+
+    def _set_options(
+        self,
+        index: int,
+        retry: RetryPolicy | None,
+        rollback_retry: RetryPolicy | None,
+        timeout: float | None,
+    ) -> None:
+        _check_policy("retry", retry)
+        _check_policy("rollback_retry", rollback_retry)
+        _check_timeout(timeout)
+        if self._options is _NO_OPTIONS:
+            self._options = {}
+        self._options[index] = StepOptions(retry, rollback_retry, timeout)
+        self._general = True
+
+    def add_group(
+        self,
+        actions: Iterable[Any],
+        *,
+        max_workers: int = 8,
+        rollback_concurrently: bool = False,
+    ) -> ParallelGroup:
+        """Queue actions that run concurrently, as one step; return the group.
+
+        See :class:`ParallelGroup` for what happens when a member fails.
+        Members may be actions or functions (without compensation).
+
+        Args:
+            actions: The members.
+            max_workers: The most members running at once.
+            rollback_concurrently: Roll members back concurrently.
+
+        Raises:
+            TypeError: a member is neither an action nor a function.
+            ValueError: the group is empty, or ``max_workers`` < 1.
+            QueueStateError: the queue has already been executed.
+        """
+        if self._state > ADD:
+            raise self._refused("add_group")
+        members: list[ActionLike] = []
+        for member in actions:
+            if _is_action(member):
+                members.append(member)
+            elif callable(member):
+                members.append(self._function_step(member, None))
+            else:
+                raise TypeError(
+                    f"cannot add {member!r} to a parallel group: expected an action "
+                    f"(with execute() and rollback()) or a function"
+                )
+        if not members:
+            raise ValueError("a parallel group needs at least one action")
+        group = ParallelGroup(
+            members, max_workers=max_workers, rollback_concurrently=rollback_concurrently
+        )
+        self._actions.append(group)
+        self._general = True
+        return group
+
+    # -- transitions ------------------------------------------------------
 
     def _begin_execute(self) -> list[ActionLike]:
         if self._state > ADD:
@@ -172,52 +477,47 @@ class QueueCore:
             raise self._refused("rollback")
         self._state = ROLLBACK
 
+    def _listeners_now(self) -> tuple[Listener, ...]:
+        if self._listeners or _GLOBAL_LISTENERS or _debug_enabled(logging.DEBUG):
+            return active_listeners(self._listeners)
+        return ()
+
     # -- decisions --------------------------------------------------------
 
-    def _retry_delay(
-        self, action: object, method: str, signal: ActionRetryException, retries: int
-    ) -> float:
-        """Seconds to wait before retry number ``retries`` (1-based) of ``method``.
+    def policy_for(self, index: int, method: Method) -> RetryPolicy | None:
+        """The retry policy of step ``index``'s ``method``: its own, else the queue's."""
+        options = self._options.get(index) if self._options else None
+        if method == "execute":
+            if options is not None and options.retry is not None:
+                return options.retry
+            return self._retry
+        if options is not None and options.rollback_retry is not None:
+            return options.rollback_retry
+        return self._rollback_retry
 
-        Raises RetryLimitExceeded (caused by ``signal``) past ``max_retries``.
-        """
-        limit = self._max_retries
-        if limit is not None and retries > limit:
-            raise RetryLimitExceeded(action, method, limit) from signal
-        return signal.ms_backoff / 1000.0
+    def timeout_for(self, index: int) -> float | None:
+        """The per-call timeout of step ``index`` (None: none)."""
+        options = self._options.get(index) if self._options else None
+        return None if options is None else options.timeout
 
-    def _call_with_retries(
+    def _retrier(
         self,
-        call: Callable[[], object],
+        index: int,
         action: object,
-        method: str,
-        signal: ActionRetryException | None = None,
-    ) -> None:
-        """Call ``call()`` until it stops raising ActionRetryException.
+        method: Method,
+        listeners: tuple[Listener, ...] = (),
+        start: float | None = None,
+    ) -> Retrier:
+        return Retrier(self, index, action, method, listeners, start)
 
-        ``signal`` is the retry request of a first call the driver already made.
-        """
-        retries = 0
-        if signal is None:
-            try:
-                call()
-            except ActionRetryException as exc:
-                signal = exc
-            else:
-                return
-        sleep = self._sleep
-        while True:
-            retries += 1
-            sleep(self._retry_delay(action, method, signal, retries))
-            try:
-                call()
-            except ActionRetryException as exc:
-                signal = exc
-            else:
-                return
-
-    @staticmethod
-    def _rollback_failed(index: int, action: object, error: Exception) -> RollbackFailure:
+    def _rollback_failed(
+        self,
+        index: int,
+        action: object,
+        error: Exception,
+        listeners: tuple[Listener, ...] = (),
+        attempts: int = 1,
+    ) -> RollbackFailure:
         logger.error(
             "rollback of step %d (%r) failed; continuing with the earlier steps",
             index,
@@ -225,4 +525,21 @@ class QueueCore:
             exc_info=error,
             extra={"aq_event": "rollback_failed", "aq_step": index, "aq_action": repr(action)},
         )
+        if listeners:
+            emit(
+                listeners,
+                "on_rollback_failed",
+                RollbackFailed(self, index, action, error, attempts),
+            )
         return RollbackFailure(index, action, error)
+
+    def _check_sync_result(self, result: object, action: object, method: str) -> None:
+        """Refuse an awaitable returned by an action run in a sync queue."""
+        close = getattr(result, "close", None)
+        if hasattr(result, "__await__"):
+            if callable(close):
+                close()  # avoid "coroutine was never awaited"
+            raise TypeError(
+                f"{method}() of {action!r} returned an awaitable: async actions need "
+                f"AsyncActionQueue (await q.execute())"
+            )

@@ -9,7 +9,8 @@ meaning, so that code which catches the built-in keeps working::
           ├── ActionRetryException      (raised *by actions*: "call me again")
           ├── QueueStateError           (+ AssertionError: a call the queue's state forbids)
           ├── RetryLimitExceeded        (an action asked to be retried more than allowed)
-          └── RollbackError             (strict rollback: one or more rollbacks failed)
+          ├── RollbackError             (strict rollback: one or more rollbacks failed)
+          └── ActionTimeoutError        (+ TimeoutError: an async action overran its timeout)
 
 Exceptions raised by the actions themselves are never wrapped: the caller of
 ``execute()`` gets the very object the action raised.
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ActionQueuesError",
     "ActionRetryException",
+    "ActionTimeoutError",
     "QueueStateError",
     "RetryLimitExceeded",
     "RollbackError",
@@ -111,10 +113,12 @@ class RetryLimitExceeded(ActionQueuesError):
         retries: How many retries were made before giving up.
     """
 
-    def __init__(self, action: object, method: str, retries: int) -> None:
+    def __init__(
+        self, action: object, method: str, retries: int, limit: str = "the queue's max_retries"
+    ) -> None:
         super().__init__(
             f"{method}() of {action!r} still asked to be retried after {retries} "
-            f"retr{'y' if retries == 1 else 'ies'} (the queue's max_retries)"
+            f"retr{'y' if retries == 1 else 'ies'} ({limit})"
         )
         self.action = action
         self.method = method
@@ -143,3 +147,22 @@ class RollbackError(ActionQueuesError):
         )
         self.report = report
         self.failures: tuple[RollbackFailure, ...] = failures
+
+
+class ActionTimeoutError(ActionQueuesError, TimeoutError):
+    """An async action's call took longer than its ``timeout`` (AsyncActionQueue only).
+
+    It counts as a failure of that call (retryable if the policy says so);
+    the action is still rolled back, since its outcome is unknown.
+
+    Attributes:
+        action: The action.
+        method: ``"execute"`` or ``"rollback"``.
+        timeout: The timeout, in seconds.
+    """
+
+    def __init__(self, action: object, method: str, timeout: float) -> None:
+        super().__init__(f"{method}() of {action!r} timed out after {timeout} s")
+        self.action = action
+        self.method = method
+        self.timeout = timeout

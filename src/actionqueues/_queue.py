@@ -2,33 +2,77 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
-from typing import TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, TypeVar
 
 from ._action import ActionLike
-from ._engine import EXECUTE_COMPLETE, ROLLBACK_COMPLETE, QueueCore
+from ._engine import (
+    EXECUTE,
+    EXECUTE_COMPLETE,
+    ROLLBACK_COMPLETE,
+    QueueCore,
+    _attempts_of,
+    switches,
+)
 from ._errors import ActionRetryException, RollbackError
+from ._events import (
+    ActionFailed,
+    ActionStarted,
+    ActionSucceeded,
+    Listener,
+    Method,
+    QueueFinished,
+    QueueRolledBack,
+    QueueStarted,
+    RollbackStarted,
+    RollbackSucceeded,
+    emit,
+)
 from ._report import RollbackFailure, RollbackReport
+from ._steps import AsyncFunctionStep, ParallelGroup
 
 __all__ = ["ActionQueue"]
 
 _A = TypeVar("_A", bound=ActionLike)
+_Q = TypeVar("_Q", bound="ActionQueue")
+
+
+def _time_sleep(seconds: float) -> None:
+    # Looked up at call time so that patching ``time.sleep`` in a test works.
+    time.sleep(seconds)
 
 
 class ActionQueue(QueueCore):
     """Runs actions in order; on failure, the caller rolls back what started.
 
     A queue is single-use: ``add()`` actions, ``execute()`` once, and
-    ``rollback()`` at most once after ``execute()`` returned or raised.
+    ``rollback()`` at most once after ``execute()`` returned or raised. As a
+    context manager it rolls back by itself when the block raises::
+
+        with ActionQueue() as q:
+            q.add(CreateUser())
+            q.execute()
 
     Args:
         sleep: Called with a number of seconds to wait before a retry.
             Defaults to :func:`time.sleep`; tests pass a recorder so they never
-            really sleep.
+            really sleep (see :mod:`actionqueues.testing`).
         max_retries: The most times one action's ``execute`` (or ``rollback``)
             may raise :class:`ActionRetryException` and be called again.
             ``None`` (the default, as in 0.8.2) means no cap. Past the cap the
             call fails with :class:`RetryLimitExceeded`.
+        retry: The :class:`RetryPolicy` for every step's ``execute`` (a step's
+            own ``add(..., retry=...)`` wins). None: only
+            ``ActionRetryException`` retries, as in 0.8.2.
+        rollback_retry: The same, for ``rollback``.
+        listeners: :class:`Listener` objects told about every event of this
+            queue (on top of the global ones, see :func:`add_listener`).
+        clock: Returns the time in seconds (default :func:`time.monotonic`);
+            used for deadlines and durations.
 
     Example:
         >>> from actionqueues import Action, ActionQueue
@@ -50,37 +94,166 @@ class ActionQueue(QueueCore):
     The queue is not thread-safe: drive one queue from one thread.
     """
 
-    __slots__ = ()
+    _sleep = staticmethod(_time_sleep)
+
+    def _function_step(self, do: Callable[[], Any], undo: Callable[[Any], object] | None) -> Any:
+        step = super()._function_step(do, undo)
+        if isinstance(step, AsyncFunctionStep):
+            raise TypeError(
+                f"{do!r} (or its undo) is a coroutine function: async steps need AsyncActionQueue"
+            )
+        return step
+
+    def _set_options(self, index: int, retry: Any, rollback_retry: Any, timeout: Any) -> None:
+        if timeout is not None:
+            raise TypeError(
+                "timeout= needs AsyncActionQueue: a running thread cannot be interrupted; "
+                "give the call its own timeout (e.g. the HTTP client's) instead"
+            )
+        super()._set_options(index, retry, rollback_retry, timeout)
+
+    # -- execute ------------------------------------------------------------
 
     def execute(self) -> None:
         """Run every action's ``execute``, in the order added.
 
         Each action counts as started just before its ``execute`` is called.
-        An exception from ``execute`` (other than
-        :class:`ActionRetryException`) stops the queue and propagates
-        unchanged; call :meth:`rollback` to undo what started.
+        An exception from ``execute`` that is not retried stops the queue and
+        propagates unchanged; call :meth:`rollback` to undo what started.
 
         Raises:
             QueueStateError: ``execute()`` was already called.
         """
         actions = self._begin_execute()
-        if type(self).execute_with_retries is not ActionQueue.execute_with_retries:
-            self._execute_through_override(actions)
+        listeners = self._listeners_now()
+        if listeners or self._general or _overrides_retries(self):
+            self._execute_general(actions, listeners)
             return
         started = 0
         try:
             for action in actions:
                 started += 1
                 try:
-                    action.execute()
+                    result = action.execute()
+                    if result is not None:
+                        self._check_sync_result(result, action, "execute")
                 except ActionRetryException as signal:
-                    self._call_with_retries(action.execute, action, "execute", signal)
+                    self._call(started - 1, action, "execute", (), signal)
         except BaseException:
             self._started = started
             self._failed = True
             raise
         self._started = started
         self._state = EXECUTE_COMPLETE
+
+    def _execute_general(self, actions: list[ActionLike], listeners: tuple[Listener, ...]) -> None:
+        clock = self._clock
+        legacy = _overrides_retries(self)
+        began = clock()
+        if listeners:
+            emit(listeners, "on_queue_started", QueueStarted(self, len(actions)))
+        try:
+            for index, action in enumerate(actions):
+                self._started = index + 1
+                if type(action) is ParallelGroup:
+                    self._execute_group(index, action, listeners)
+                    continue
+                if listeners:
+                    emit(listeners, "on_action_started", ActionStarted(self, index, action))
+                start = clock()
+                try:
+                    if legacy:
+                        self.execute_with_retries(action, _call_execute)
+                        attempts = 1
+                    else:
+                        attempts = self._call(index, action, "execute", listeners, start=start)
+                except BaseException as error:
+                    if listeners:
+                        emit(
+                            listeners,
+                            "on_action_failed",
+                            ActionFailed(self, index, action, error, _attempts_of(error)),
+                        )
+                    raise
+                if listeners:
+                    emit(
+                        listeners,
+                        "on_action_succeeded",
+                        ActionSucceeded(self, index, action, attempts, clock() - start),
+                    )
+        except BaseException as error:
+            self._failed = True
+            if listeners:
+                emit(listeners, "on_queue_finished", QueueFinished(self, error, clock() - began))
+            raise
+        self._state = EXECUTE_COMPLETE
+        if listeners:
+            emit(listeners, "on_queue_finished", QueueFinished(self, None, clock() - began))
+
+    def _call(
+        self,
+        index: int,
+        action: ActionLike,
+        method: Method,
+        listeners: tuple[Listener, ...],
+        first_error: BaseException | None = None,
+        start: float | None = None,
+    ) -> int:
+        """Call ``action.<method>()`` until it succeeds or the engine gives up; return attempts."""
+        call = action.execute if method == "execute" else action.rollback
+        retrier = None
+        error = first_error
+        while True:
+            if error is not None:
+                if retrier is None:
+                    retrier = self._retrier(index, action, method, listeners, start)
+                delay = retrier.after(error)
+                if not switches.sleep_off:
+                    self._sleep(delay)
+            try:
+                result = call()
+            except BaseException as exc:
+                error = exc
+                continue
+            if result is not None:
+                self._check_sync_result(result, action, method)
+            return 1 if retrier is None else retrier.attempt
+
+    def _execute_group(
+        self, index: int, group: ParallelGroup, listeners: tuple[Listener, ...]
+    ) -> None:
+        failed = threading.Event()
+        errors: dict[int, BaseException] = {}
+        clock = self._clock
+
+        def run(position: int, member: ActionLike) -> None:
+            if failed.is_set():
+                return
+            group._mark_started(member)
+            if listeners:
+                emit(listeners, "on_action_started", ActionStarted(self, index, member))
+            start = clock()
+            try:
+                attempts = self._call(index, member, "execute", listeners, start=start)
+            except BaseException as error:
+                errors[position] = error
+                failed.set()
+                if listeners:
+                    event = ActionFailed(self, index, member, error, _attempts_of(error))
+                    emit(listeners, "on_action_failed", event)
+                return
+            if listeners:
+                event2 = ActionSucceeded(self, index, member, attempts, clock() - start)
+                emit(listeners, "on_action_succeeded", event2)
+
+        workers = min(group.max_workers, len(group.actions))
+        with ThreadPoolExecutor(workers, thread_name_prefix="actionqueues-group") as pool:
+            for position, member in enumerate(group.actions):
+                pool.submit(run, position, member)
+        if errors:
+            raise errors[min(errors)]
+
+    # -- rollback -----------------------------------------------------------
 
     def rollback(self, *, raise_errors: bool = False) -> RollbackReport:
         """Roll back every started action, in reverse order, and report.
@@ -105,28 +278,107 @@ class ActionQueue(QueueCore):
         """
         self._begin_rollback()
         actions = self._actions
-        legacy = type(self).execute_with_retries is not ActionQueue.execute_with_retries
+        listeners = self._listeners_now()
+        general = self._general or bool(listeners)
+        legacy = _overrides_retries(self)
         rolled_back: list[object] = []
         failures: list[RollbackFailure] = []
         for index in range(self._started - 1, -1, -1):
             action = actions[index]
-            try:
-                if legacy:
-                    self.execute_with_retries(action, _call_rollback)
+            if general or legacy:
+                if type(action) is ParallelGroup:
+                    self._rollback_group(index, action, listeners, rolled_back, failures)
+                    continue
+                error = self._rollback_step(index, action, listeners, legacy)
+                if error is None:
+                    rolled_back.append(action)
                 else:
-                    try:
-                        action.rollback()
-                    except ActionRetryException as signal:
-                        self._call_with_retries(action.rollback, action, "rollback", signal)
+                    failures.append(
+                        self._rollback_failed(index, action, error, listeners, _attempts_of(error))
+                    )
+                continue
+            try:
+                try:
+                    result = action.rollback()
+                    if result is not None:
+                        self._check_sync_result(result, action, "rollback")
+                except ActionRetryException as signal:
+                    self._call(index, action, "rollback", (), signal)
             except Exception as error:
                 failures.append(self._rollback_failed(index, action, error))
             else:
                 rolled_back.append(action)
         self._state = ROLLBACK_COMPLETE
         report = RollbackReport(tuple(rolled_back), tuple(failures))
+        if listeners:
+            emit(listeners, "on_queue_rolled_back", QueueRolledBack(self, report))
         if raise_errors and failures:
             raise RollbackError(report)
         return report
+
+    def _rollback_step(
+        self, index: int, action: ActionLike, listeners: tuple[Listener, ...], legacy: bool
+    ) -> Exception | None:
+        """Roll back one action; return the error it ended with, or None."""
+        if listeners:
+            emit(listeners, "on_rollback_started", RollbackStarted(self, index, action))
+        try:
+            if legacy:
+                self.execute_with_retries(action, _call_rollback)
+                attempts = 1
+            else:
+                attempts = self._call(index, action, "rollback", listeners, start=None)
+        except Exception as error:
+            return error
+        if listeners:
+            emit(
+                listeners, "on_rollback_succeeded", RollbackSucceeded(self, index, action, attempts)
+            )
+        return None
+
+    def _rollback_group(
+        self,
+        index: int,
+        group: ParallelGroup,
+        listeners: tuple[Listener, ...],
+        rolled_back: list[object],
+        failures: list[RollbackFailure],
+    ) -> None:
+        members = group.started[::-1]
+        if group.rollback_concurrently and len(members) > 1:
+            workers = min(group.max_workers, len(members))
+            with ThreadPoolExecutor(workers, thread_name_prefix="actionqueues-group") as pool:
+                outcomes = list(
+                    pool.map(lambda m: self._rollback_step(index, m, listeners, False), members)
+                )
+        else:
+            outcomes = [self._rollback_step(index, m, listeners, False) for m in members]
+        for member, error in zip(members, outcomes, strict=True):
+            if error is None:
+                rolled_back.append(member)
+            else:
+                failures.append(
+                    self._rollback_failed(index, member, error, listeners, _attempts_of(error))
+                )
+
+    # -- context manager ------------------------------------------------------
+
+    def __enter__(self: _Q) -> _Q:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Roll back if the block raised after ``execute()`` started; never hide the error."""
+        if exc is None:
+            return
+        if self._state == EXECUTE_COMPLETE or (self._state == EXECUTE and self._failed):
+            self.rollback()
+
+    # -- 0.8.2 ---------------------------------------------------------------
 
     def execute_with_retries(self, action: _A, f: Callable[[_A], object]) -> None:
         """Call ``f(action)`` until it stops raising :class:`ActionRetryException`.
@@ -137,17 +389,28 @@ class ActionQueue(QueueCore):
         action, as in 0.8.2.
         """
         method = _METHOD_NAMES.get(f, "execute_with_retries")
-        self._call_with_retries(lambda: f(action), action, method)
+        self._call(-1, _Bound(action, f), method, ())  # type: ignore[arg-type]
 
-    def _execute_through_override(self, actions: list[ActionLike]) -> None:
-        try:
-            for action in actions:
-                self._started += 1
-                self.execute_with_retries(action, _call_execute)
-        except BaseException:
-            self._failed = True
-            raise
-        self._state = EXECUTE_COMPLETE
+
+class _Bound:
+    """Presents ``f(action)`` as the method ``_call`` invokes (for execute_with_retries)."""
+
+    __slots__ = ("action", "f")
+
+    def __init__(self, action: object, f: Callable[[Any], object]) -> None:
+        self.action, self.f = action, f
+
+    def execute(self) -> object:
+        return self.f(self.action)
+
+    rollback = execute
+
+    def __repr__(self) -> str:
+        return repr(self.action)
+
+
+def _overrides_retries(queue: ActionQueue) -> bool:
+    return type(queue).execute_with_retries is not ActionQueue.execute_with_retries
 
 
 def _call_execute(action: ActionLike) -> object:
@@ -158,4 +421,4 @@ def _call_rollback(action: ActionLike) -> object:
     return action.rollback()
 
 
-_METHOD_NAMES: dict[object, str] = {_call_execute: "execute", _call_rollback: "rollback"}
+_METHOD_NAMES: dict[object, Method] = {_call_execute: "execute", _call_rollback: "rollback"}

@@ -1,0 +1,322 @@
+"""The asyncio driver: :class:`AsyncActionQueue`.
+
+It carries out the same engine decisions as :class:`~actionqueues.ActionQueue`
+(see ``_engine.py``); the loops differ only by ``await``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from types import TracebackType
+from typing import TypeVar
+
+from ._action import ActionLike
+from ._engine import (
+    _NO_OPTIONS,
+    EXECUTE,
+    EXECUTE_COMPLETE,
+    ROLLBACK_COMPLETE,
+    QueueCore,
+    _attempts_of,
+    logger,
+    switches,
+)
+from ._errors import ActionTimeoutError, RollbackError
+from ._events import (
+    ActionFailed,
+    ActionStarted,
+    ActionSucceeded,
+    Listener,
+    Method,
+    QueueFinished,
+    QueueRolledBack,
+    QueueStarted,
+    RollbackStarted,
+    RollbackSucceeded,
+    emit,
+)
+from ._report import RollbackFailure, RollbackReport
+from ._steps import ParallelGroup
+
+__all__ = ["AsyncActionQueue"]
+
+_Q = TypeVar("_Q", bound="AsyncActionQueue")
+
+
+async def _asyncio_sleep(seconds: float) -> None:
+    # Looked up at call time so that patching ``asyncio.sleep`` in a test works.
+    await asyncio.sleep(seconds)
+
+
+class AsyncActionQueue(QueueCore):
+    """The asyncio counterpart of :class:`ActionQueue`: ``await q.execute()``.
+
+    Actions may define ``async def execute/rollback`` or plain methods (a
+    plain method runs on the event loop thread, so keep it short). Backoff
+    sleeps use :func:`asyncio.sleep` and never block the loop. It runs on
+    asyncio (trio is not supported).
+
+    Cancellation: if the task running :meth:`execute` is cancelled, the
+    action that was running counts as started (its outcome is unknown) and the
+    cancellation propagates. :meth:`rollback` is shielded: it runs every
+    rollback to the end even while its task is being cancelled, however many
+    times, then re-raises the cancellation.
+
+    Timeouts: ``add(action, timeout=seconds)`` bounds each awaited call of
+    that action; a call that overruns fails with :class:`ActionTimeoutError`
+    (retried if the step's policy retries it), and the action is rolled back
+    like any started action.
+
+    It takes the same arguments as :class:`ActionQueue`; ``sleep`` may be a
+    plain or an async function.
+
+    Example:
+        >>> import asyncio
+        >>> from actionqueues import AsyncActionQueue
+        >>> log: list[str] = []
+        >>> async def main() -> None:
+        ...     async with AsyncActionQueue() as q:
+        ...         async def create() -> int:
+        ...             log.append("create")
+        ...             return 7
+        ...         async def delete(user_id: int) -> None:
+        ...             log.append(f"delete {user_id}")
+        ...         q.add(create, undo=delete)
+        ...         await q.execute()
+        ...         raise RuntimeError("the request failed after all")
+        >>> try:
+        ...     asyncio.run(main())
+        ... except RuntimeError:
+        ...     pass
+        >>> log
+        ['create', 'delete 7']
+    """
+
+    _sleep = staticmethod(_asyncio_sleep)
+
+    # -- execute ------------------------------------------------------------
+
+    async def execute(self) -> None:
+        """Run every action's ``execute`` (awaiting coroutines), in the order added.
+
+        Raises:
+            QueueStateError: ``execute()`` was already called.
+        """
+        actions = self._begin_execute()
+        listeners = self._listeners_now()
+        clock = self._clock
+        began = clock() if listeners else 0.0
+        if listeners:
+            emit(listeners, "on_queue_started", QueueStarted(self, len(actions)))
+        try:
+            for index, action in enumerate(actions):
+                self._started = index + 1
+                if type(action) is ParallelGroup:
+                    await self._execute_group(index, action, listeners)
+                    continue
+                if not listeners:
+                    await self._call(index, action, "execute", ())
+                    continue
+                emit(listeners, "on_action_started", ActionStarted(self, index, action))
+                start = clock()
+                try:
+                    attempts = await self._call(index, action, "execute", listeners, start)
+                except BaseException as error:
+                    event = ActionFailed(self, index, action, error, _attempts_of(error))
+                    emit(listeners, "on_action_failed", event)
+                    raise
+                event2 = ActionSucceeded(self, index, action, attempts, clock() - start)
+                emit(listeners, "on_action_succeeded", event2)
+        except BaseException as error:
+            self._failed = True
+            if listeners:
+                emit(listeners, "on_queue_finished", QueueFinished(self, error, clock() - began))
+            raise
+        self._state = EXECUTE_COMPLETE
+        if listeners:
+            emit(listeners, "on_queue_finished", QueueFinished(self, None, clock() - began))
+
+    async def _call(
+        self,
+        index: int,
+        action: ActionLike,
+        method: Method,
+        listeners: tuple[Listener, ...],
+        start: float | None = None,
+    ) -> int:
+        """Call (and await) ``action.<method>()`` until it succeeds or the engine gives up."""
+        call = action.execute if method == "execute" else action.rollback
+        timeout = None if self._options is _NO_OPTIONS else self.timeout_for(index)
+        retrier = None
+        error: BaseException | None = None
+        while True:
+            if error is not None:
+                if retrier is None:
+                    retrier = self._retrier(index, action, method, listeners, start)
+                delay = retrier.after(error)
+                if not switches.sleep_off:
+                    pause = self._sleep(delay)
+                    if pause is not None and inspect.isawaitable(pause):
+                        await pause
+            try:
+                result = call()
+                if result is not None and inspect.isawaitable(result):
+                    if timeout is None:
+                        await result
+                    else:
+                        await _with_timeout(result, timeout, action, method)
+            except asyncio.CancelledError:
+                raise  # a cancellation is never retried
+            except BaseException as exc:
+                error = exc
+                continue
+            return 1 if retrier is None else retrier.attempt
+
+    async def _execute_group(
+        self, index: int, group: ParallelGroup, listeners: tuple[Listener, ...]
+    ) -> None:
+        errors: dict[int, BaseException] = {}
+        limit = asyncio.Semaphore(group.max_workers)
+        clock = self._clock
+        tasks: list[asyncio.Future[None]] = []
+
+        async def run(position: int, member: ActionLike) -> None:
+            async with limit:
+                if errors:
+                    return
+                group._mark_started(member)
+                if listeners:
+                    emit(listeners, "on_action_started", ActionStarted(self, index, member))
+                start = clock()
+                try:
+                    attempts = await self._call(index, member, "execute", listeners, start)
+                except BaseException as error:
+                    if listeners:
+                        event = ActionFailed(self, index, member, error, _attempts_of(error))
+                        emit(listeners, "on_action_failed", event)
+                    if isinstance(error, asyncio.CancelledError):
+                        raise
+                    errors[position] = error
+                    for task in tasks:
+                        task.cancel()  # cancelling itself is harmless: it is finishing
+                    return
+                if listeners:
+                    event2 = ActionSucceeded(self, index, member, attempts, clock() - start)
+                    emit(listeners, "on_action_succeeded", event2)
+
+        tasks.extend(asyncio.ensure_future(run(p, m)) for p, m in enumerate(group.actions))
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if errors:
+            raise errors[min(errors)]
+        for task in tasks:
+            if task.cancelled():  # pragma: no cover - only when cancelled from outside
+                raise asyncio.CancelledError
+
+    # -- rollback -----------------------------------------------------------
+
+    async def rollback(self, *, raise_errors: bool = False) -> RollbackReport:
+        """Roll back every started action, in reverse order, shielded from cancellation.
+
+        Same rules as :meth:`ActionQueue.rollback`. If the surrounding task is
+        cancelled meanwhile, every rollback still runs to the end; then the
+        cancellation is re-raised (the report is logged, not returned).
+
+        Raises:
+            QueueStateError: ``execute()`` has not run yet, is still running,
+                or ``rollback()`` was already called.
+            RollbackError: ``raise_errors`` is true and a rollback failed.
+        """
+        self._begin_rollback()
+        task = asyncio.ensure_future(self._rollback_all())
+        cancelled = 0
+        while True:
+            try:
+                report = await asyncio.shield(task)
+                break
+            except asyncio.CancelledError:
+                if task.done():
+                    raise  # pragma: no cover - the inner task itself was cancelled
+                cancelled += 1
+                logger.warning(
+                    "rollback cancelled (%d time(s)); finishing every rollback first",
+                    cancelled,
+                    extra={"aq_event": "rollback_shielded"},
+                )
+        if cancelled:
+            raise asyncio.CancelledError
+        if raise_errors and report.failures:
+            raise RollbackError(report)
+        return report
+
+    async def _rollback_all(self) -> RollbackReport:
+        actions = self._actions
+        listeners = self._listeners_now()
+        rolled_back: list[object] = []
+        failures: list[RollbackFailure] = []
+        for index in range(self._started - 1, -1, -1):
+            action = actions[index]
+            if type(action) is ParallelGroup:
+                members = group_members = action.started[::-1]
+                if action.rollback_concurrently and len(members) > 1:
+                    outcomes = await asyncio.gather(
+                        *(self._rollback_step(index, m, listeners) for m in group_members)
+                    )
+                else:
+                    outcomes = [await self._rollback_step(index, m, listeners) for m in members]
+                pairs = list(zip(members, outcomes, strict=True))
+            else:
+                pairs = [(action, await self._rollback_step(index, action, listeners))]
+            for member, error in pairs:
+                if error is None:
+                    rolled_back.append(member)
+                else:
+                    failures.append(
+                        self._rollback_failed(index, member, error, listeners, _attempts_of(error))
+                    )
+        self._state = ROLLBACK_COMPLETE
+        report = RollbackReport(tuple(rolled_back), tuple(failures))
+        if listeners:
+            emit(listeners, "on_queue_rolled_back", QueueRolledBack(self, report))
+        return report
+
+    async def _rollback_step(
+        self, index: int, action: ActionLike, listeners: tuple[Listener, ...]
+    ) -> Exception | None:
+        if listeners:
+            emit(listeners, "on_rollback_started", RollbackStarted(self, index, action))
+        try:
+            attempts = await self._call(index, action, "rollback", listeners)
+        except Exception as error:
+            return error
+        if listeners:
+            emit(
+                listeners, "on_rollback_succeeded", RollbackSucceeded(self, index, action, attempts)
+            )
+        return None
+
+    # -- context manager ------------------------------------------------------
+
+    async def __aenter__(self: _Q) -> _Q:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Roll back if the block raised after ``execute()`` started; never hide the error."""
+        if exc is None:
+            return
+        if self._state == EXECUTE_COMPLETE or (self._state == EXECUTE and self._failed):
+            await self.rollback()
+
+
+async def _with_timeout(awaitable: object, timeout: float, action: object, method: str) -> None:
+    try:
+        await asyncio.wait_for(awaitable, timeout)  # type: ignore[arg-type]
+    except asyncio.TimeoutError as exc:
+        if isinstance(exc.__cause__, asyncio.CancelledError):  # wait_for's own timeout
+            raise ActionTimeoutError(action, method, timeout) from exc
+        raise  # a TimeoutError raised by the action itself
