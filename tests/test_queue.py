@@ -494,7 +494,7 @@ def test_repr_shows_size_and_state() -> None:
 def test_add_rejects_objects_without_execute_and_rollback(bad: object) -> None:
     q = ActionQueue()
     with pytest.raises(TypeError, match=r"cannot add .* needs callable execute\(\) and rollback"):
-        q.add(bad)  # type: ignore[type-var]
+        q.add(bad)  # type: ignore[call-overload]
     assert q.actions == ()
 
 
@@ -512,9 +512,9 @@ def test_add_rejects_non_callable_methods_and_names_the_object() -> None:
 
     q = ActionQueue()
     with pytest.raises(TypeError, match="<HalfAction #7>"):
-        q.add(HalfAction())  # type: ignore[type-var]
+        q.add(HalfAction())  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="OnlyExecute"):
-        q.add(OnlyExecute())  # type: ignore[type-var]
+        q.add(OnlyExecute())  # type: ignore[call-overload]
 
 
 def test_class_check_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
