@@ -33,7 +33,21 @@ def run_example(source: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, list
 
 
 def test_readme_has_the_expected_examples() -> None:
-    assert len(readme_examples()) == 4
+    assert len(readme_examples()) == 10
+
+
+@pytest.mark.parametrize(
+    "position",
+    range(2, 8),
+    ids=["policies", "async", "function-steps", "groups", "events", "testing"],
+)
+def test_readme_feature_examples_run_and_check_themselves(
+    position: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, sleeps = run_example(readme_examples()[position], monkeypatch)
+    assert sleeps == []  # every example injects its sleep or turns backoff off
+    if position == 4:
+        assert out == "rolled back user 1: card declined for 30\n"
 
 
 def test_readme_usage_example_rolls_back_the_user(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,7 +65,7 @@ def test_seed_example_one_follows_the_rules_for_any_random_outcome(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     random.seed(seed)
-    out, sleeps = run_example(readme_examples()[2], monkeypatch)
+    out, sleeps = run_example(readme_examples()[-2], monkeypatch)
     lines = out.splitlines()
     assert all(s == 0 for s in sleeps)
     assert lines, "the example prints what it does"
@@ -69,7 +83,7 @@ def test_seed_example_one_follows_the_rules_for_any_random_outcome(
 def test_seed_example_two_retries_five_times_with_doubling_backoff(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    out, sleeps = run_example(readme_examples()[3], monkeypatch)
+    out, sleeps = run_example(readme_examples()[-1], monkeypatch)
     assert sleeps == [0.1, 0.2, 0.4, 0.8, 1.6]
     assert out.splitlines() == [f"Executing action {n}" for n in range(1, 7)] + ["boom"]
 
@@ -82,7 +96,7 @@ def test_demo_retries_then_rolls_back_and_leaves_no_rows() -> None:
     text = out.getvalue()
     assert sleeps == [0.1]
     assert "503 Service Unavailable: will retry" in text
-    assert "backing off 100 ms" in text
+    assert "attempt 1 asked for a retry: backing off 100 ms" in text
     assert "deleted billing_customers row 2" in text
     assert "deleted users row 2" in text
     assert "bob@example.com    users: 0, billing_customers: 0, mailing_list: 0" in text

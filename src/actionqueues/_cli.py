@@ -6,6 +6,7 @@ It needs only the standard library, so it works wherever the package does.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -55,5 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        return run_demo(sys.stdout, color=_use_color(sys.stdout, args.color))
+        # The timeline shows every retry and rollback; keep the library's own
+        # WARNING records (one per retry) off the terminal for this command.
+        library_logger = logging.getLogger("actionqueues")
+        saved = library_logger.propagate
+        library_logger.propagate = False
+        library_logger.addHandler(quiet := logging.NullHandler())
+        try:
+            return run_demo(sys.stdout, color=_use_color(sys.stdout, args.color))
+        finally:
+            library_logger.removeHandler(quiet)
+            library_logger.propagate = saved
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from ._action import Action
+from ._events import BaseListener, RetryScheduled
 from ._queue import ActionQueue
 from .exceptionfactory import DoublingBackoffExceptionFactory
 
@@ -43,6 +44,21 @@ class _Timeline:
         print(f"\n{self.paint('title', text)}", file=self.out)
 
 
+class _TimelineListener(BaseListener):
+    """Shows the queue's own retry decisions on the timeline."""
+
+    def __init__(self, timeline: _Timeline) -> None:
+        self.timeline = timeline
+
+    def on_retry_scheduled(self, event: RetryScheduled) -> None:
+        self.timeline.event(
+            "retry",
+            "queue",
+            f"attempt {event.attempt} asked for a retry: "
+            f"backing off {event.delay * 1000:.0f} ms, then calling again",
+        )
+
+
 class _SystemAction(Action):
     """Inserts one row into a table on execute, deletes it on rollback."""
 
@@ -63,6 +79,9 @@ class _SystemAction(Action):
 
     def check(self) -> None:
         """Raise here to simulate the remote system failing."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.email}>"
 
     def rollback(self) -> None:
         if self.row_id is None:
@@ -133,19 +152,17 @@ def run_demo(
         db.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, email TEXT NOT NULL)")
     timeline = _Timeline(out, color, clock)
 
-    def sleep_and_show(seconds: float) -> None:
-        timeline.event("retry", "queue", f"backing off {seconds * 1000:.0f} ms, then retrying")
-        sleep(seconds)
+    listener = _TimelineListener(timeline)
 
     timeline.title("1. alice@example.com signs up: every system answers")
-    alice = ActionQueue(sleep=sleep_and_show)
+    alice = ActionQueue(sleep=sleep, listeners=[listener])
     for step in (_CreateUser, _CreateBillingCustomer, _SubscribeMailingList):
         alice.add(step(db, timeline, "alice@example.com"))
     alice.execute()
     timeline.event("ok", "queue", "sign-up complete")
 
     timeline.title("2. bob@example.com signs up: billing blips, the mailing list refuses")
-    bob = ActionQueue(sleep=sleep_and_show)
+    bob = ActionQueue(sleep=sleep, listeners=[listener])
     bob.add(_CreateUser(db, timeline, "bob@example.com"))
     bob.add(_CreateBillingCustomer(db, timeline, "bob@example.com", blips=1))
     bob.add(_SubscribeMailingList(db, timeline, "bob@example.com", reject=True))

@@ -1,0 +1,102 @@
+"""Helpers for testing code that uses actionqueues, without ever sleeping.
+
+- :class:`FakeClock` is a clock you move by hand.
+- :class:`RecordingSleep` records each requested sleep and moves a
+  :class:`FakeClock` instead of waiting; it works as the ``sleep=`` of both
+  :class:`~actionqueues.ActionQueue` and
+  :class:`~actionqueues.AsyncActionQueue`.
+- :func:`no_backoff` turns every backoff sleep of every queue off while it is
+  active: use it around code that builds its own queues.
+
+Example, with pytest::
+
+    import pytest
+    from actionqueues import ActionQueue, RetryPolicy
+    from actionqueues.testing import FakeClock, RecordingSleep, no_backoff
+
+    def test_retries_back_off_exponentially():
+        clock = FakeClock()
+        sleep = RecordingSleep(clock)
+        q = ActionQueue(sleep=sleep, clock=clock, retry=RetryPolicy(max_attempts=3))
+        ...
+        assert sleep.calls == [0.1, 0.2]
+
+    @pytest.fixture(autouse=True)
+    def _no_backoff():
+        with no_backoff():
+            yield
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ._engine import switches
+
+__all__ = ["FakeClock", "RecordingSleep", "no_backoff"]
+
+
+class FakeClock:
+    """A clock that only moves when told to; call it for the current time.
+
+    Args:
+        start: The time it starts at, in seconds.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = float(start)
+
+    def __call__(self) -> float:
+        """Return the current fake time, in seconds."""
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds`` (a finite number >= 0)."""
+        if not 0 <= seconds < math.inf:
+            raise ValueError(f"a clock moves forward by a finite number of seconds, got {seconds!r}")
+        self.now += seconds
+
+
+class RecordingSleep:
+    """A ``sleep`` that records the requested delays and returns at once.
+
+    Args:
+        clock: If given, each sleep advances it by the delay, so that
+            deadlines measured with that clock behave as if time had passed.
+
+    Attributes:
+        calls: The delays requested, in seconds, in order.
+    """
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self.calls: list[float] = []
+        self.clock = clock
+
+    def __call__(self, seconds: float) -> None:
+        """Record ``seconds`` (and advance the clock) instead of sleeping."""
+        self.calls.append(seconds)
+        if self.clock is not None:
+            self.clock.advance(seconds)
+
+    @property
+    def total(self) -> float:
+        """The sum of every recorded delay, in seconds."""
+        return math.fsum(self.calls)
+
+
+@contextmanager
+def no_backoff() -> Iterator[None]:
+    """Skip every backoff sleep of every queue while the block runs.
+
+    Retries still happen, and are still counted, reported and logged; only
+    the waiting is skipped. Blocks may nest; the previous setting is
+    restored on exit.
+    """
+    previous = switches.sleep_off
+    switches.sleep_off = True
+    try:
+        yield
+    finally:
+        switches.sleep_off = previous
