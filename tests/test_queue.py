@@ -609,3 +609,25 @@ def test_rollback_from_inside_rollback_is_refused() -> None:
     q.execute()
     assert q.rollback().ok
     assert [e.state for e in errors] == ["is rolling back"]
+
+
+def test_queue_refuses_a_policy_that_is_not_a_retry_policy() -> None:
+    with pytest.raises(TypeError, match="retry must be a RetryPolicy or None"):
+        ActionQueue(retry=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="rollback_retry must be a RetryPolicy or None"):
+        ActionQueue().add(Action(), rollback_retry="twice")  # type: ignore[call-overload]
+
+
+def test_queue_refuses_a_clock_that_is_not_callable() -> None:
+    with pytest.raises(TypeError, match="clock must be a callable returning seconds"):
+        ActionQueue(clock=12.0)  # type: ignore[arg-type]
+
+
+def test_undo_with_a_duck_typed_action_is_refused() -> None:
+    class Holder:
+        def __init__(self) -> None:
+            self.execute = lambda: None
+            self.rollback = lambda: None
+
+    with pytest.raises(TypeError, match="undo= is for function steps"):
+        ActionQueue().add(Holder(), undo=print)  # type: ignore[call-overload]

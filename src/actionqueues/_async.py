@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Callable
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._action import ActionLike
 from ._engine import (
@@ -37,7 +38,7 @@ from ._events import (
     emit,
 )
 from ._report import RollbackFailure, RollbackReport
-from ._steps import ParallelGroup
+from ._steps import AsyncFunctionStep, ParallelGroup
 
 __all__ = ["AsyncActionQueue"]
 
@@ -94,6 +95,13 @@ class AsyncActionQueue(QueueCore):
     """
 
     _sleep = staticmethod(_asyncio_sleep)
+    _runs_async = True
+
+    def _function_step(self, do: Callable[[], Any], undo: Callable[[Any], object] | None) -> Any:
+        # Await what any function returns, not only coroutine functions': a plain
+        # ``add(lambda: create_user("alice"))`` must not leave its coroutine unawaited.
+        step = super()._function_step(do, undo)
+        return step if isinstance(step, AsyncFunctionStep) else AsyncFunctionStep(do, undo)
 
     # -- execute ------------------------------------------------------------
 
@@ -116,7 +124,7 @@ class AsyncActionQueue(QueueCore):
                     await self._execute_group(index, action, listeners)
                     continue
                 if not listeners:
-                    await self._call(index, action, "execute", ())
+                    await self._call(index, action, "execute", (), clock())
                     continue
                 emit(listeners, "on_action_started", ActionStarted(self, index, action))
                 start = clock()
@@ -220,7 +228,8 @@ class AsyncActionQueue(QueueCore):
 
         Same rules as :meth:`ActionQueue.rollback`. If the surrounding task is
         cancelled meanwhile, every rollback still runs to the end; then the
-        cancellation is re-raised (the report is logged, not returned).
+        cancellation is re-raised instead of the report being returned (each
+        failed rollback was logged at ERROR, as always).
 
         Raises:
             QueueStateError: ``execute()`` has not run yet, is still running,
@@ -286,7 +295,7 @@ class AsyncActionQueue(QueueCore):
         if listeners:
             emit(listeners, "on_rollback_started", RollbackStarted(self, index, action))
         try:
-            attempts = await self._call(index, action, "rollback", listeners)
+            attempts = await self._call(index, action, "rollback", listeners, self._clock())
         except Exception as error:
             return error
         if listeners:

@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, NoReturn, TypeVar, overload
 
 from ._action import ActionLike
@@ -38,7 +38,13 @@ from ._events import (
 )
 from ._policy import RetryPolicy
 from ._report import RollbackFailure
-from ._steps import FunctionStep, ParallelGroup, function_step
+from ._steps import (
+    AsyncFunctionStep,
+    FunctionStep,
+    ParallelGroup,
+    StepDefinition,
+    function_step,
+)
 
 __all__ = ["Clock", "SleepFn", "logger"]
 
@@ -77,6 +83,8 @@ _ACTION_CLASSES_MAX = 4096
 def _is_action(action: object) -> bool:
     cls = action.__class__
     if callable(getattr(cls, "execute", None)) and callable(getattr(cls, "rollback", None)):
+        if issubclass(cls, AsyncFunctionStep):
+            return True  # never cached: the sync queue must refuse it at every add()
         if len(_ACTION_CLASSES) >= _ACTION_CLASSES_MAX:
             _ACTION_CLASSES.clear()
         _ACTION_CLASSES.add(cls)
@@ -230,6 +238,7 @@ class QueueCore:
     _general = False  # True when a run needs the general loop (policies, groups, options)
     _clock: Clock = time.monotonic
     _sleep: Any
+    _runs_async = False  # True for drivers that await (they accept async steps)
 
     def __init__(
         self,
@@ -341,6 +350,16 @@ class QueueCore:
     @overload
     def add(
         self,
+        action: Callable[[], Awaitable[_T]],
+        *,
+        undo: Callable[[_T], object] | None = None,
+        retry: RetryPolicy | None = None,
+        rollback_retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> AsyncFunctionStep[_T]: ...
+    @overload
+    def add(
+        self,
         action: Callable[[], _T],
         *,
         undo: Callable[[_T], object] | None = None,
@@ -383,14 +402,8 @@ class QueueCore:
         """
         if self._state > ADD:
             raise self._refused("add")
-        if action.__class__ not in _ACTION_CLASSES and not _is_action(action):
-            if not callable(action):
-                raise TypeError(
-                    f"cannot add {action!r} to an action queue: an action needs callable "
-                    f"execute() and rollback() methods (subclass actionqueues.Action), "
-                    f"or pass a function (with undo= for its compensation)"
-                )
-            action = self._function_step(action, undo)
+        if action.__class__ not in _ACTION_CLASSES:
+            action = self._admit(action, undo)
         elif undo is not None:
             raise TypeError(
                 f"undo= is for function steps; {action!r} is an action, "
@@ -400,6 +413,32 @@ class QueueCore:
             self._set_options(len(self._actions), retry, rollback_retry, timeout)
         self._actions.append(action)
         return action
+
+    def _admit(self, action: Any, undo: Callable[[Any], object] | None) -> Any:
+        """Check a step whose class is not known to be a plain action; wrap functions."""
+        if _is_action(action):
+            if undo is not None:
+                raise TypeError(
+                    f"undo= is for function steps; {action!r} is an action, "
+                    f"its rollback() is the compensation"
+                )
+            if isinstance(action, AsyncFunctionStep) and not self._runs_async:
+                raise TypeError(
+                    f"{action!r} is an async step: it needs AsyncActionQueue (await q.execute())"
+                )
+            return action
+        if not callable(action):
+            raise TypeError(
+                f"cannot add {action!r} to an action queue: an action needs callable "
+                f"execute() and rollback() methods (subclass actionqueues.Action), "
+                f"or pass a function (with undo= for its compensation)"
+            )
+        if isinstance(action, StepDefinition):
+            raise TypeError(
+                f"{action!r} is a step definition: call it with its arguments, "
+                f"e.g. q.add({action.__name__}(...))"
+            )
+        return self._function_step(action, undo)
 
     def _function_step(self, do: Callable[[], Any], undo: Callable[[Any], object] | None) -> Any:
         return function_step(do, undo)
@@ -478,6 +517,7 @@ class QueueCore:
         self._state = ROLLBACK
 
     def _listeners_now(self) -> tuple[Listener, ...]:
+        """The listeners of one run; empty (and cheap) when nobody listens."""
         if self._listeners or _GLOBAL_LISTENERS or _debug_enabled(logging.DEBUG):
             return active_listeners(self._listeners)
         return ()

@@ -95,6 +95,13 @@ class ActionQueue(QueueCore):
     """
 
     _sleep = staticmethod(_time_sleep)
+    # Whether a subclass overrides execute_with_retries (0.8.2 called it for
+    # every action); worked out once per class, not on every run.
+    _legacy_retries = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._legacy_retries = cls.execute_with_retries is not ActionQueue.execute_with_retries
 
     def _function_step(self, do: Callable[[], Any], undo: Callable[[Any], object] | None) -> Any:
         step = super()._function_step(do, undo)
@@ -126,7 +133,7 @@ class ActionQueue(QueueCore):
         """
         actions = self._begin_execute()
         listeners = self._listeners_now()
-        if listeners or self._general or _overrides_retries(self):
+        if listeners or self._general or self._legacy_retries:
             self._execute_general(actions, listeners)
             return
         started = 0
@@ -148,7 +155,7 @@ class ActionQueue(QueueCore):
 
     def _execute_general(self, actions: list[ActionLike], listeners: tuple[Listener, ...]) -> None:
         clock = self._clock
-        legacy = _overrides_retries(self)
+        legacy = self._legacy_retries
         began = clock()
         if listeners:
             emit(listeners, "on_queue_started", QueueStarted(self, len(actions)))
@@ -280,7 +287,7 @@ class ActionQueue(QueueCore):
         actions = self._actions
         listeners = self._listeners_now()
         general = self._general or bool(listeners)
-        legacy = _overrides_retries(self)
+        legacy = self._legacy_retries
         rolled_back: list[object] = []
         failures: list[RollbackFailure] = []
         for index in range(self._started - 1, -1, -1):
@@ -327,7 +334,7 @@ class ActionQueue(QueueCore):
                 self.execute_with_retries(action, _call_rollback)
                 attempts = 1
             else:
-                attempts = self._call(index, action, "rollback", listeners, start=None)
+                attempts = self._call(index, action, "rollback", listeners, start=self._clock())
         except Exception as error:
             return error
         if listeners:
@@ -407,10 +414,6 @@ class _Bound:
 
     def __repr__(self) -> str:
         return repr(self.action)
-
-
-def _overrides_retries(queue: ActionQueue) -> bool:
-    return type(queue).execute_with_retries is not ActionQueue.execute_with_retries
 
 
 def _call_execute(action: ActionLike) -> object:

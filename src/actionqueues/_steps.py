@@ -51,17 +51,31 @@ class FunctionStep(Generic[_T]):
 
     def execute(self) -> None:
         """Call ``do()`` and keep its result for the rollback."""
-        self.result = self.do()
+        result = self.do()
+        if inspect.isawaitable(result):
+            _refuse_awaitable(result, self.do)
+        self.result = result
         self.done = True
 
     def rollback(self) -> None:
         """Call ``undo(result)`` if ``do()`` returned and an ``undo`` was given."""
         if self.done and self.undo is not None:
-            self.undo(self.result)  # type: ignore[arg-type]
+            outcome = self.undo(self.result)  # type: ignore[arg-type]
+            if inspect.isawaitable(outcome):
+                _refuse_awaitable(outcome, self.undo)
             self.done = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {_name(self.do)} undo={_name(self.undo)}>"
+
+
+def _refuse_awaitable(awaitable: object, fn: object) -> None:
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()  # avoid "coroutine was never awaited"
+    raise TypeError(
+        f"{_name(fn)} returned an awaitable: async steps need AsyncActionQueue (await q.execute())"
+    )
 
 
 class AsyncFunctionStep(FunctionStep[_T]):

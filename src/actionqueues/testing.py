@@ -21,6 +21,10 @@ Example, with pytest::
         ...
         assert sleep.calls == [0.1, 0.2]
 
+For tests of code that builds its own queues, turn the waits off instead, in
+a module of its own (under :func:`no_backoff` even an injected
+``RecordingSleep`` is skipped, so it records nothing)::
+
     @pytest.fixture(autouse=True)
     def _no_backoff():
         with no_backoff():
@@ -55,7 +59,9 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Move the clock forward by ``seconds`` (a finite number >= 0)."""
         if not 0 <= seconds < math.inf:
-            raise ValueError(f"a clock moves forward by a finite number of seconds, got {seconds!r}")
+            raise ValueError(
+                f"a clock moves forward by a finite number of seconds, got {seconds!r}"
+            )
         self.now += seconds
 
 
