@@ -631,3 +631,17 @@ def test_undo_with_a_duck_typed_action_is_refused() -> None:
 
     with pytest.raises(TypeError, match="undo= is for function steps"):
         ActionQueue().add(Holder(), undo=print)  # type: ignore[call-overload]
+
+
+def test_the_same_action_added_twice_is_rolled_back_twice_and_reported_by_position() -> None:
+    log: list[str] = []
+    shared = Recorder(log, "shared", rollback=[ValueError("first undo fails")])
+    q = ActionQueue()
+    q.add(shared)
+    q.add(Recorder(log, "middle"))
+    q.add(shared)
+    q.execute()
+    report = q.rollback()
+    assert log[3:] == ["rollback shared", "rollback middle", "rollback shared"]
+    assert [f.index for f in report.failures] == [2]
+    assert report.rolled_back == (q.actions[1], shared)

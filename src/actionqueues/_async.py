@@ -37,7 +37,7 @@ from ._events import (
     RollbackSucceeded,
     emit,
 )
-from ._report import RollbackFailure, RollbackReport
+from ._report import RollbackFailure, RollbackReport, new_report
 from ._steps import AsyncFunctionStep, ParallelGroup
 
 __all__ = ["AsyncActionQueue"]
@@ -284,7 +284,7 @@ class AsyncActionQueue(QueueCore):
                         self._rollback_failed(index, member, error, listeners, _attempts_of(error))
                     )
         self._state = ROLLBACK_COMPLETE
-        report = RollbackReport(tuple(rolled_back), tuple(failures))
+        report = new_report(tuple(rolled_back), tuple(failures))
         if listeners:
             emit(listeners, "on_queue_rolled_back", QueueRolledBack(self, report))
         return report

@@ -251,6 +251,7 @@ class QueueCore:
         clock: Clock | None = None,
     ) -> None:
         self._actions: list[ActionLike] = []
+        self._state = INIT  # an instance attribute reads faster in add()
         if (
             sleep is None
             and max_retries is None
@@ -518,7 +519,7 @@ class QueueCore:
 
     def _listeners_now(self) -> tuple[Listener, ...]:
         """The listeners of one run; empty (and cheap) when nobody listens."""
-        if self._listeners or _GLOBAL_LISTENERS or _debug_enabled(logging.DEBUG):
+        if self._listeners or _GLOBAL_LISTENERS or _debug_enabled(10):  # logging.DEBUG
             return active_listeners(self._listeners)
         return ()
 

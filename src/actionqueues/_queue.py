@@ -32,7 +32,7 @@ from ._events import (
     RollbackSucceeded,
     emit,
 )
-from ._report import RollbackFailure, RollbackReport
+from ._report import RollbackFailure, RollbackReport, new_report
 from ._steps import AsyncFunctionStep, ParallelGroup
 
 __all__ = ["ActionQueue"]
@@ -284,26 +284,25 @@ class ActionQueue(QueueCore):
             RollbackError: ``raise_errors`` is true and a rollback failed.
         """
         self._begin_rollback()
-        actions = self._actions
         listeners = self._listeners_now()
-        general = self._general or bool(listeners)
-        legacy = self._legacy_retries
-        rolled_back: list[object] = []
-        failures: list[RollbackFailure] = []
-        for index in range(self._started - 1, -1, -1):
-            action = actions[index]
-            if general or legacy:
-                if type(action) is ParallelGroup:
-                    self._rollback_group(index, action, listeners, rolled_back, failures)
-                    continue
-                error = self._rollback_step(index, action, listeners, legacy)
-                if error is None:
-                    rolled_back.append(action)
-                else:
-                    failures.append(
-                        self._rollback_failed(index, action, error, listeners, _attempts_of(error))
-                    )
-                continue
+        if listeners or self._general or self._legacy_retries:
+            report = self._rollback_general(listeners)
+        else:
+            report = self._rollback_fast()
+        if listeners:
+            emit(listeners, "on_queue_rolled_back", QueueRolledBack(self, report))
+        if raise_errors and report.failures:
+            raise RollbackError(report)
+        return report
+
+    def _rollback_fast(self) -> RollbackReport:
+        """Plain actions, no listener, no policy: the 0.8.2 loop, with a report."""
+        started = self._actions[: self._started]
+        started.reverse()
+        failed: list[RollbackFailure] | None = None
+        index = len(started)
+        for action in started:
+            index -= 1
             try:
                 try:
                     result = action.rollback()
@@ -312,16 +311,36 @@ class ActionQueue(QueueCore):
                 except ActionRetryException as signal:
                     self._call(index, action, "rollback", (), signal)
             except Exception as error:
-                failures.append(self._rollback_failed(index, action, error))
-            else:
-                rolled_back.append(action)
+                if failed is None:
+                    failed = []
+                failed.append(self._rollback_failed(index, action, error))
         self._state = ROLLBACK_COMPLETE
-        report = RollbackReport(tuple(rolled_back), tuple(failures))
-        if listeners:
-            emit(listeners, "on_queue_rolled_back", QueueRolledBack(self, report))
-        if raise_errors and failures:
-            raise RollbackError(report)
-        return report
+        if failed is None:
+            return new_report(tuple(started), ())
+        failed_at = {f.index for f in failed}
+        top = len(started) - 1
+        rolled_back = tuple(a for i, a in enumerate(started) if top - i not in failed_at)
+        return new_report(rolled_back, tuple(failed))
+
+    def _rollback_general(self, listeners: tuple[Listener, ...]) -> RollbackReport:
+        actions = self._actions
+        legacy = self._legacy_retries
+        rolled_back: list[object] = []
+        failures: list[RollbackFailure] = []
+        for index in range(self._started - 1, -1, -1):
+            action = actions[index]
+            if type(action) is ParallelGroup:
+                self._rollback_group(index, action, listeners, rolled_back, failures)
+                continue
+            error = self._rollback_step(index, action, listeners, legacy)
+            if error is None:
+                rolled_back.append(action)
+            else:
+                failures.append(
+                    self._rollback_failed(index, action, error, listeners, _attempts_of(error))
+                )
+        self._state = ROLLBACK_COMPLETE
+        return new_report(tuple(rolled_back), tuple(failures))
 
     def _rollback_step(
         self, index: int, action: ActionLike, listeners: tuple[Listener, ...], legacy: bool

@@ -53,3 +53,19 @@ class RollbackReport:
         """Raise :class:`~actionqueues.RollbackError` if any rollback failed."""
         if self.failures:
             raise RollbackError(self)
+
+
+_new = object.__new__
+# The slot descriptors write the fields directly, as the dataclass __init__ would.
+_set_rolled_back = vars(RollbackReport)["rolled_back"].__set__
+_set_failures = vars(RollbackReport)["failures"].__set__
+
+
+def new_report(
+    rolled_back: tuple[object, ...], failures: tuple[RollbackFailure, ...]
+) -> RollbackReport:
+    """Build a report without the frozen dataclass ``__init__`` (rollback's hot path)."""
+    report: RollbackReport = _new(RollbackReport)
+    _set_rolled_back(report, rolled_back)
+    _set_failures(report, failures)
+    return report
