@@ -781,11 +781,18 @@ def test_an_action_finishing_within_its_timeout_succeeds() -> None:
     async def main() -> None:
         q = AsyncActionQueue()
         q.add(AsyncStep(log, "a"), timeout=10)
-        q.add(SyncStep(log, "b"), timeout=10.0)
+        q.add(SyncStep(log, "b"))
         await q.execute()
 
     run(main)
     assert log == ["execute a", "execute b"]
+
+
+def test_a_timeout_on_an_action_without_async_methods_is_refused_at_add() -> None:
+    q = AsyncActionQueue()
+    with pytest.raises(TypeError, match="a plain call cannot be interrupted"):
+        q.add(SyncStep([], "b"), timeout=10.0)
+    assert q.actions == ()
 
 
 class RetryRecorder(BaseListener):

@@ -33,13 +33,13 @@ def run_example(source: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, list
 
 
 def test_readme_has_the_expected_examples() -> None:
-    assert len(readme_examples()) == 10
+    assert len(readme_examples()) == 11
 
 
 @pytest.mark.parametrize(
     "position",
-    range(2, 8),
-    ids=["policies", "async", "function-steps", "groups", "events", "testing"],
+    range(2, 9),
+    ids=["policies", "async", "function-steps", "groups", "events", "otel", "testing"],
 )
 def test_readme_feature_examples_run_and_check_themselves(
     position: int, monkeypatch: pytest.MonkeyPatch

@@ -452,7 +452,7 @@ def test_max_workers_must_be_an_int_of_at_least_one(max_workers: Any) -> None:
 
 def test_a_member_that_is_neither_an_action_nor_a_function_is_refused() -> None:
     q = ActionQueue()
-    with pytest.raises(TypeError, match=r"cannot add 42 to a parallel group"):
+    with pytest.raises(TypeError, match=r"cannot add 42 to an action queue"):
         q.add_group([Action(), 42])
     assert q.actions == ()
 

@@ -8,23 +8,37 @@ give the same spans.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import gc
 import importlib
+import logging
 import re
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import StatusCode, Tracer
 
+import actionqueues
 import actionqueues.otel
-from actionqueues import ActionQueue, ActionRetryException, RollbackFailure, RollbackReport
+from actionqueues import (
+    ActionQueue,
+    ActionRetryException,
+    AsyncActionQueue,
+    FunctionStep,
+    RollbackFailure,
+    RollbackReport,
+)
 from actionqueues._events import (
     ActionFailed,
     ActionStarted,
@@ -703,3 +717,345 @@ def test_parallel_group_rolling_back_concurrently_on_a_real_queue(
     assert all(parent_id(s) == span_id(rollback) for s in steps)
     assert attrs(steps[-1])["actionqueues.step"] == 0
     assert states(listener) == {}
+
+
+# -- the step span is the current span while the action runs --------------------
+
+
+class Traced:
+    """An action starting a span of its own (named after the call) in each method."""
+
+    def __init__(
+        self, tracer: Tracer, label: str, *, fail: bool = False, fail_rollback: bool = False
+    ) -> None:
+        self.tracer, self.label = tracer, label
+        self.fail, self.fail_rollback = fail, fail_rollback
+        self.barrier: threading.Barrier | None = None
+
+    def _work(self, method: str, fail: bool) -> None:
+        if self.barrier is not None:
+            self.barrier.wait(timeout=10)  # the members of a group run at the same time
+        with self.tracer.start_as_current_span(f"{method} {self.label}"):
+            pass
+        if fail:
+            raise ValueError(f"{method} {self.label} failed")
+
+    def execute(self) -> None:
+        self._work("execute", self.fail)
+
+    def rollback(self) -> None:
+        self._work("rollback", self.fail_rollback)
+
+
+class AsyncTraced(Traced):
+    """A :class:`Traced` action with coroutine methods that let other tasks run."""
+
+    async def _work_async(self, method: str, fail: bool) -> None:
+        with self.tracer.start_as_current_span(f"{method} {self.label}"):
+            await asyncio.sleep(0)  # other group members run meanwhile
+        await asyncio.sleep(0)
+        if fail:
+            raise ValueError(f"{method} {self.label} failed")
+
+    async def execute(self) -> None:  # type: ignore[override]
+        await self._work_async("execute", self.fail)
+
+    async def rollback(self) -> None:  # type: ignore[override]
+        await self._work_async("rollback", self.fail_rollback)
+
+
+def traced(cls: type[Traced], tracer: Tracer, label: str, **kwargs: bool) -> Traced:
+    """A ``cls`` action of a class named ``label``: its step spans say which it is."""
+    action: Traced = type(label, (cls,), {})(tracer, label, **kwargs)
+    return action
+
+
+def parent_of(spans: Spans, name: str) -> ReadableSpan:
+    (inner,) = spans.named(name)
+    (parent,) = [s for s in spans.all if span_id(s) == parent_id(inner)]
+    return parent
+
+
+def assert_step_parents(spans: Spans, labels: Sequence[str], *, rolled_back: bool) -> None:
+    """Each action's own span is a child of its own step span."""
+    methods = {"execute": "actionqueues.execute"}
+    if rolled_back:
+        methods["rollback"] = "actionqueues.rollback_step"
+    for label in labels:
+        for method, step_name in methods.items():
+            parent = parent_of(spans, f"{method} {label}")
+            assert (parent.name, attrs(parent)["actionqueues.action"]) == (step_name, label)
+
+
+def no_current_span() -> bool:
+    return not trace.get_current_span().get_span_context().is_valid
+
+
+@pytest.fixture
+def tracer(provider: TracerProvider) -> Tracer:
+    return provider.get_tracer("app")
+
+
+@pytest.fixture
+def otel_errors(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
+    """The errors OpenTelemetry logged (a failed detach logs one)."""
+    caplog.set_level(logging.DEBUG)
+
+    def errors() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name.startswith("opentelemetry") and r.levelno >= logging.WARNING
+        ]
+
+    return errors
+
+
+def test_spans_of_an_action_are_children_of_its_step_span(
+    listener: OpenTelemetryListener,
+    exporter: InMemorySpanExporter,
+    tracer: Tracer,
+    otel_errors: Callable[[], list[str]],
+) -> None:
+    with tracer.start_as_current_span("caller") as caller:
+        queue = ActionQueue(sleep=lambda seconds: None, listeners=[listener])
+        queue.add(traced(Traced, tracer, "A"))
+        queue.add(traced(Traced, tracer, "B", fail=True, fail_rollback=True))
+        with pytest.raises(ValueError, match="execute B failed"):
+            queue.execute()
+        assert trace.get_current_span() is caller
+        with tracer.start_as_current_span("between"):
+            pass
+        report = queue.rollback()
+        assert trace.get_current_span() is caller
+        with tracer.start_as_current_span("after"):
+            pass
+    assert no_current_span()
+
+    assert len(report.failures) == 1
+    spans = Spans.of(exporter)
+    assert_step_parents(spans, ["A", "B"], rolled_back=True)
+    assert parent_id(spans.one("between")) == span_id(spans.one("caller"))
+    assert parent_id(spans.one("after")) == span_id(spans.one("caller"))
+    assert otel_errors() == []
+
+
+def test_spans_of_an_action_without_a_caller_span(
+    listener: OpenTelemetryListener, exporter: InMemorySpanExporter, tracer: Tracer
+) -> None:
+    queue = ActionQueue(listeners=[listener])
+    queue.add(traced(Traced, tracer, "A"))
+    queue.execute()
+    assert no_current_span()
+    queue.rollback()
+    assert no_current_span()
+
+    assert_step_parents(Spans.of(exporter), ["A"], rolled_back=True)
+
+
+@pytest.mark.parametrize("concurrently", [True, False], ids=["concurrent", "sequential"])
+def test_spans_of_parallel_group_members_in_threads(
+    listener: OpenTelemetryListener,
+    exporter: InMemorySpanExporter,
+    tracer: Tracer,
+    otel_errors: Callable[[], list[str]],
+    concurrently: bool,
+) -> None:
+    labels = [f"Member{i}" for i in range(6)]
+    barrier = threading.Barrier(len(labels))
+    members = [
+        traced(Traced, tracer, label, fail_rollback=i % 2 == 0) for i, label in enumerate(labels)
+    ]
+    for member in members:
+        member.barrier = barrier
+    with tracer.start_as_current_span("caller") as caller:
+        queue = ActionQueue(sleep=lambda seconds: None, listeners=[listener])
+        queue.add(traced(Traced, tracer, "First", fail_rollback=True))
+        queue.add_group(members, max_workers=len(members), rollback_concurrently=concurrently)
+        queue.add(traced(Traced, tracer, "Last", fail=True))
+        with pytest.raises(ValueError, match="execute Last failed"):
+            queue.execute()
+        assert trace.get_current_span() is caller
+        if not concurrently:
+            for member in members:
+                member.barrier = None
+        report = queue.rollback()
+        assert trace.get_current_span() is caller
+        with tracer.start_as_current_span("after"):
+            pass
+
+    assert len(report.failures) == 4  # First and every other member
+    spans = Spans.of(exporter)
+    assert_step_parents(spans, ["First", *labels], rolled_back=True)
+    assert parent_of(spans, "execute Last").name == "actionqueues.execute"
+    assert parent_id(spans.one("after")) == span_id(spans.one("caller"))
+    assert otel_errors() == []
+
+
+@pytest.mark.parametrize("concurrently", [True, False], ids=["concurrent", "sequential"])
+def test_spans_of_actions_in_an_async_queue(
+    listener: OpenTelemetryListener,
+    exporter: InMemorySpanExporter,
+    tracer: Tracer,
+    otel_errors: Callable[[], list[str]],
+    concurrently: bool,
+) -> None:
+    labels = [f"Member{i}" for i in range(4)]
+
+    async def main() -> None:
+        with tracer.start_as_current_span("caller") as caller:
+            queue = AsyncActionQueue(listeners=[listener])
+            queue.add(traced(AsyncTraced, tracer, "First"))
+            queue.add_group(
+                [
+                    traced(AsyncTraced, tracer, label, fail_rollback=i % 2 == 0)
+                    for i, label in enumerate(labels)
+                ],
+                rollback_concurrently=concurrently,
+            )
+            queue.add(traced(AsyncTraced, tracer, "Last", fail=True))
+            with pytest.raises(ValueError, match="execute Last failed"):
+                await queue.execute()
+            assert trace.get_current_span() is caller
+            report = await queue.rollback()
+            assert trace.get_current_span() is caller
+            assert len(report.failures) == 2
+            with tracer.start_as_current_span("after"):
+                pass
+
+    asyncio.run(main())
+
+    spans = Spans.of(exporter)
+    assert_step_parents(spans, ["First", *labels], rolled_back=True)
+    assert parent_of(spans, "execute Last").name == "actionqueues.execute"
+    assert parent_id(spans.one("after")) == span_id(spans.one("caller"))
+    assert otel_errors() == []
+
+
+def test_two_listeners_on_one_queue_restore_the_context(
+    provider: TracerProvider, exporter: InMemorySpanExporter, tracer: Tracer
+) -> None:
+    first, second = OpenTelemetryListener(provider), OpenTelemetryListener(provider)
+    queue = ActionQueue(listeners=[first, second])
+    queue.add(traced(Traced, tracer, "A"))
+    queue.execute()
+    assert no_current_span()
+
+    spans = Spans.of(exporter)
+    steps = spans.named("actionqueues.execute")
+    assert len(steps) == 2
+    assert parent_id(spans.one("execute A")) == span_id(steps[-1])  # the newer one
+
+
+def test_a_step_ended_in_a_copied_context_is_detached_where_it_was_attached(
+    listener: OpenTelemetryListener, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="actionqueues.otel")
+    queue, first, second = FakeQueue(), Scripted(Step()), Scripted(Step())
+    listener.on_queue_started(QueueStarted(queue, 2))
+    listener.on_action_started(ActionStarted(queue, 0, first))
+    step_span = trace.get_current_span()
+    assert step_span.get_span_context().is_valid
+
+    succeeded = ActionSucceeded(queue, 0, first, 1, 0.0)
+    contextvars.copy_context().run(listener.on_action_succeeded, succeeded)
+
+    assert trace.get_current_span() is step_span  # the copy could not detach it
+    assert "left to the context that attached it" in caplog.text
+    listener.on_action_started(ActionStarted(queue, 1, second))
+    listener.on_action_succeeded(ActionSucceeded(queue, 1, second, 1, 0.0))
+    assert no_current_span()  # detached with the next step that ended here
+    listener.on_queue_finished(QueueFinished(queue, None, 0.0))
+
+
+def test_steps_left_open_are_detached_with_the_queue_or_rollback(
+    listener: OpenTelemetryListener,
+) -> None:
+    queue, action = FakeQueue(), Scripted(Step())
+    listener.on_queue_started(QueueStarted(queue, 1))
+    listener.on_action_started(ActionStarted(queue, 0, action))
+    assert not no_current_span()
+    listener.on_queue_finished(QueueFinished(queue, KeyboardInterrupt(), 0.0))
+    assert no_current_span()
+
+    listener.on_rollback_started(RollbackStarted(queue, 0, action))
+    assert not no_current_span()
+    listener.on_queue_rolled_back(QueueRolledBack(queue, RollbackReport((), ())))
+    assert no_current_span()
+
+
+def test_a_detach_error_is_logged_at_debug_and_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+    listener: OpenTelemetryListener,
+    exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="actionqueues.otel")
+
+    def broken(token: object) -> None:
+        raise RuntimeError("no detach")
+
+    monkeypatch.setattr(otel_context, "detach", broken)
+
+    def run() -> None:  # in a copy of the context: what stays attached is dropped with it
+        queue = ActionQueue(listeners=[listener])
+        queue.add(Scripted(Step()))
+        queue.execute()
+
+    contextvars.copy_context().run(run)
+
+    (record,) = [r for r in caplog.records if r.name == "actionqueues.otel"]
+    assert record.levelno == logging.DEBUG
+    assert record.getMessage() == "could not detach the step span's context"
+    assert [s.name for s in Spans.of(exporter).all] == [
+        "actionqueues.queue",
+        "actionqueues.execute",
+    ]
+
+
+# -- the action attribute of function steps -------------------------------------
+
+
+def plain_function() -> int:
+    return 1
+
+
+@actionqueues.step
+def decorated_step(value: int) -> int:
+    return value
+
+
+class CallableObject:
+    def __call__(self) -> None:
+        pass
+
+
+def test_function_steps_are_named_by_their_name(
+    listener: OpenTelemetryListener, exporter: InMemorySpanExporter
+) -> None:
+    queue = ActionQueue(listeners=[listener])
+    named: list[FunctionStep[Any]] = [
+        queue.add(plain_function),
+        queue.add(decorated_step(2)),
+        queue.add(lambda: None),
+        queue.add(FunctionStep(plain_function, name="charge card")),
+    ]
+    without_name: list[FunctionStep[Any]] = [
+        FunctionStep(plain_function),
+        FunctionStep(CallableObject()),
+    ]
+    for function_step in without_name:
+        del function_step.name  # as a step made before steps had names
+        queue.add(function_step)
+    queue.execute()
+
+    spans = Spans.of(exporter).named("actionqueues.execute")
+    assert [attrs(s)["actionqueues.action"] for s in spans] == [
+        "plain_function",
+        "decorated_step(2)",
+        "test_function_steps_are_named_by_their_name.<locals>.<lambda>",
+        "charge card",
+        "plain_function",
+        "CallableObject",
+    ]
+    assert [s.name for s in named] == [attrs(s)["actionqueues.action"] for s in spans[:4]]

@@ -149,12 +149,15 @@ class RecordingHandler(logging.Handler):
 
 
 @contextmanager
-def recorded_logs() -> Iterator[RecordingHandler]:
-    """Capture the "actionqueues" logger (a per-example handler instead of caplog)."""
+def recorded_logs(debug: bool) -> Iterator[RecordingHandler]:
+    """Capture the "actionqueues" logger (a per-example handler instead of caplog).
+
+    With ``debug`` the queue runs its general (listener) loops, else its fast loops.
+    """
     logger = logging.getLogger("actionqueues")
     handler = RecordingHandler()
     old_level, old_disabled = logger.level, logger.disabled
-    logger.setLevel(logging.DEBUG)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
     logger.disabled = False
     logger.addHandler(handler)
     try:
@@ -202,9 +205,14 @@ caps = st.none() | st.integers(min_value=0, max_value=3)
 
 
 @PROPERTY_SETTINGS
-@given(spec_list=st.lists(specs, max_size=8), cap=caps, strict=st.booleans())
+@given(
+    spec_list=st.lists(specs, max_size=8),
+    cap=caps,
+    strict=st.booleans(),
+    debug=st.booleans(),
+)
 def test_execute_and_rollback_follow_the_reference_model(
-    spec_list: list[Spec], cap: int | None, strict: bool
+    spec_list: list[Spec], cap: int | None, strict: bool, debug: bool
 ) -> None:
     """Calls, sleeps, the propagated error, rollback order, report and logs match the model."""
     calls: list[Call] = []
@@ -253,7 +261,7 @@ def test_execute_and_rollback_follow_the_reference_model(
         else:
             failures.append((action, status))
 
-    with recorded_logs() as handler:
+    with recorded_logs(debug) as handler:
         report = run_rollback(queue, strict, expect_failures=bool(failures))
 
     assert calls == expected_calls
@@ -292,9 +300,10 @@ successful_specs = st.builds(
     spec_list=st.lists(successful_specs, max_size=8),
     cap=st.none() | st.integers(min_value=3, max_value=5),
     strict=st.booleans(),
+    debug=st.booleans(),
 )
 def test_successful_execute_then_rollback_undoes_everything(
-    spec_list: list[Spec], cap: int | None, strict: bool
+    spec_list: list[Spec], cap: int | None, strict: bool, debug: bool
 ) -> None:
     """After a fully successful execute, rollback undoes every action, newest first, cleanly."""
     calls: list[Call] = []
@@ -308,7 +317,7 @@ def test_successful_execute_then_rollback_undoes_everything(
     assert all(a is b for a, b in zip(queue.started, actions, strict=True))
     assert len(queue.started) == len(actions)
 
-    with recorded_logs() as handler:
+    with recorded_logs(debug) as handler:
         report = queue.rollback(raise_errors=strict)
 
     assert live == set()

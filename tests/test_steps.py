@@ -180,7 +180,7 @@ def test_function_step_repr_names_both_functions() -> None:
         "undo=test_function_step_repr_names_both_functions.<locals>.delete>"
     )
     assert repr(FunctionStep(create)) == (
-        "<FunctionStep test_function_step_repr_names_both_functions.<locals>.create undo=None>"
+        "<FunctionStep test_function_step_repr_names_both_functions.<locals>.create undo=none>"
     )
 
 

@@ -19,7 +19,9 @@ from ._engine import (
     EXECUTE_COMPLETE,
     ROLLBACK_COMPLETE,
     QueueCore,
+    Retrier,
     _attempts_of,
+    _note_rollback,
     logger,
     switches,
 )
@@ -97,6 +99,19 @@ class AsyncActionQueue(QueueCore):
     _sleep = staticmethod(_asyncio_sleep)
     _runs_async = True
 
+    def _set_options(
+        self, index: int, action: object, retry: Any, rollback_retry: Any, timeout: Any
+    ) -> None:
+        if timeout is not None and not (
+            inspect.iscoroutinefunction(getattr(action, "execute", None))
+            or inspect.iscoroutinefunction(getattr(action, "rollback", None))
+        ):
+            raise TypeError(
+                f"timeout= bounds awaited calls, but {action!r} has neither an async "
+                f"execute() nor an async rollback(): a plain call cannot be interrupted"
+            )
+        super()._set_options(index, action, retry, rollback_retry, timeout)
+
     def _function_step(self, do: Callable[[], Any], undo: Callable[[Any], object] | None) -> Any:
         # Await what any function returns, not only coroutine functions': a plain
         # ``add(lambda: create_user("alice"))`` must not leave its coroutine unawaited.
@@ -161,7 +176,7 @@ class AsyncActionQueue(QueueCore):
         while True:
             if error is not None:
                 if retrier is None:
-                    retrier = self._retrier(index, action, method, listeners, start)
+                    retrier = Retrier(self, index, action, method, listeners, start)
                 delay = retrier.after(error)
                 if not switches.sleep_off:
                     pause = self._sleep(delay)
@@ -263,26 +278,33 @@ class AsyncActionQueue(QueueCore):
         listeners = self._listeners_now()
         rolled_back: list[object] = []
         failures: list[RollbackFailure] = []
-        for index in range(self._started - 1, -1, -1):
-            action = actions[index]
-            if type(action) is ParallelGroup:
-                members = group_members = action.started[::-1]
-                if action.rollback_concurrently and len(members) > 1:
-                    outcomes = await asyncio.gather(
-                        *(self._rollback_step(index, m, listeners) for m in group_members)
-                    )
+        index = self._started
+        try:
+            for index in range(self._started - 1, -1, -1):
+                action = actions[index]
+                if type(action) is ParallelGroup:
+                    members = action.started[::-1]
+                    if action.rollback_concurrently and len(members) > 1:
+                        outcomes = await asyncio.gather(
+                            *(self._rollback_step(index, m, listeners) for m in members)
+                        )
+                    else:
+                        outcomes = [await self._rollback_step(index, m, listeners) for m in members]
+                    pairs = list(zip(members, outcomes, strict=True))
                 else:
-                    outcomes = [await self._rollback_step(index, m, listeners) for m in members]
-                pairs = list(zip(members, outcomes, strict=True))
-            else:
-                pairs = [(action, await self._rollback_step(index, action, listeners))]
-            for member, error in pairs:
-                if error is None:
-                    rolled_back.append(member)
-                else:
-                    failures.append(
-                        self._rollback_failed(index, member, error, listeners, _attempts_of(error))
-                    )
+                    pairs = [(action, await self._rollback_step(index, action, listeners))]
+                for member, error in pairs:
+                    if error is None:
+                        rolled_back.append(member)
+                    else:
+                        failures.append(
+                            self._rollback_failed(
+                                index, member, error, listeners, _attempts_of(error)
+                            )
+                        )
+        except BaseException:
+            self._rollback_interrupted(index)
+            raise
         self._state = ROLLBACK_COMPLETE
         report = new_report(tuple(rolled_back), tuple(failures))
         if listeners:
@@ -291,12 +313,14 @@ class AsyncActionQueue(QueueCore):
 
     async def _rollback_step(
         self, index: int, action: ActionLike, listeners: tuple[Listener, ...]
-    ) -> Exception | None:
+    ) -> BaseException | None:
         if listeners:
             emit(listeners, "on_rollback_started", RollbackStarted(self, index, action))
         try:
             attempts = await self._call(index, action, "rollback", listeners, self._clock())
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
+            # The rollback task is shielded, so a CancelledError here came from the
+            # action itself: a failed rollback like any other, never a silent stop.
             return error
         if listeners:
             emit(
@@ -319,7 +343,7 @@ class AsyncActionQueue(QueueCore):
         if exc is None:
             return
         if self._state == EXECUTE_COMPLETE or (self._state == EXECUTE and self._failed):
-            await self.rollback()
+            _note_rollback(exc, await self.rollback())
 
 
 async def _with_timeout(awaitable: object, timeout: float, action: object, method: str) -> None:

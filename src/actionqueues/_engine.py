@@ -37,7 +37,7 @@ from ._events import (
     emit,
 )
 from ._policy import RetryPolicy
-from ._report import RollbackFailure
+from ._report import RollbackFailure, RollbackReport
 from ._steps import (
     AsyncFunctionStep,
     FunctionStep,
@@ -83,8 +83,8 @@ _ACTION_CLASSES_MAX = 4096
 def _is_action(action: object) -> bool:
     cls = action.__class__
     if callable(getattr(cls, "execute", None)) and callable(getattr(cls, "rollback", None)):
-        if issubclass(cls, AsyncFunctionStep):
-            return True  # never cached: the sync queue must refuse it at every add()
+        if issubclass(cls, (AsyncFunctionStep, ParallelGroup)):
+            return True  # never cached: add() must look at these every time
         if len(_ACTION_CLASSES) >= _ACTION_CLASSES_MAX:
             _ACTION_CLASSES.clear()
         _ACTION_CLASSES.add(cls)
@@ -97,6 +97,16 @@ def _is_action(action: object) -> bool:
 def _attempts_of(error: BaseException) -> int:
     """How many calls a step made before failing with ``error``."""
     return len(getattr(error, "actionqueues_attempts", ())) + 1
+
+
+def _note_rollback(error: BaseException, report: RollbackReport) -> None:
+    """Tell, on the error leaving a ``with`` block, what its automatic rollback did."""
+    if sys.version_info >= (3, 11):  # pragma: no branch
+        failed = "; ".join(f"step {f.index}: {f.error!r}" for f in report.failures)
+        error.add_note(
+            f"actionqueues: rolled back {len(report.rolled_back)} step(s)"
+            + (f"; {len(report.failures)} rollback(s) failed: {failed}" if failed else "")
+        )
 
 
 class _Switches:
@@ -180,12 +190,15 @@ class Retrier:
         if isinstance(error, ActionRetryException):
             limit = core._max_retries
             if limit is not None and attempt > limit:
-                raise RetryLimitExceeded(self.action, self.method, limit) from error
+                self._give_up(RetryLimitExceeded(self.action, self.method, limit), error)
             delay = float(error.ms_backoff) / 1000.0
             if policy is not None and not policy.allows(attempt, elapsed, delay):
-                raise RetryLimitExceeded(
-                    self.action, self.method, attempt - 1, "the retry policy's limits"
-                ) from error
+                self._give_up(
+                    RetryLimitExceeded(
+                        self.action, self.method, attempt - 1, "the retry policy's limits"
+                    ),
+                    error,
+                )
         else:
             if policy is None or not policy.is_retryable(error):
                 self._give_up(error)
@@ -209,7 +222,8 @@ class Retrier:
         self.attempt = attempt + 1
         return delay
 
-    def _give_up(self, error: BaseException) -> NoReturn:
+    def _give_up(self, error: BaseException, cause: BaseException | None = None) -> NoReturn:
+        """Raise ``error`` (from ``cause`` if given) with the attempt history attached."""
         history = self.history
         if history:
             error.actionqueues_attempts = tuple(history)  # type: ignore[attr-defined]
@@ -219,6 +233,8 @@ class Retrier:
                     f"actionqueues: {self.method}() of step {self.index} failed after "
                     f"{self.attempt} attempts (earlier: {tried})"
                 )
+        if cause is not None:
+            raise error from cause
         raise error
 
 
@@ -236,6 +252,7 @@ class QueueCore:
     _listeners: tuple[Listener, ...] = ()
     _options: dict[int, StepOptions] = _NO_OPTIONS
     _general = False  # True when a run needs the general loop (policies, groups, options)
+    _interrupted = False  # a BaseException stopped rollback(); rollback() may resume
     _clock: Clock = time.monotonic
     _sleep: Any
     _runs_async = False  # True for drivers that await (they accept async steps)
@@ -300,7 +317,11 @@ class QueueCore:
 
     @property
     def started(self) -> tuple[ActionLike, ...]:
-        """The steps whose ``execute`` was called (these are what ``rollback`` undoes)."""
+        """The steps whose ``execute`` was called (these are what ``rollback`` undoes).
+
+        Up to date once ``execute()`` has returned or raised; while it runs, a
+        queue without listeners or policies updates it only at the end.
+        """
         return tuple(self._actions[: self._started])
 
     @property
@@ -322,6 +343,8 @@ class QueueCore:
         if state <= ADD:
             return "has not been executed yet"
         if state == EXECUTE:
+            if self._interrupted:
+                return "was interrupted while rolling back (rollback() resumes it)"
             return "failed during execute()" if self._failed else "is executing"
         if state == EXECUTE_COMPLETE:
             return "has executed successfully"
@@ -411,12 +434,17 @@ class QueueCore:
                 f"its rollback() is the compensation"
             )
         if retry is not None or rollback_retry is not None or timeout is not None:
-            self._set_options(len(self._actions), retry, rollback_retry, timeout)
+            self._set_options(len(self._actions), action, retry, rollback_retry, timeout)
         self._actions.append(action)
         return action
 
     def _admit(self, action: Any, undo: Callable[[Any], object] | None) -> Any:
         """Check a step whose class is not known to be a plain action; wrap functions."""
+        if isinstance(action, type):
+            raise TypeError(
+                f"cannot add the class {action.__qualname__}: add an instance of it, "
+                f"e.g. q.add({action.__name__}(...))"
+            )
         if _is_action(action):
             if undo is not None:
                 raise TypeError(
@@ -426,6 +454,10 @@ class QueueCore:
             if isinstance(action, AsyncFunctionStep) and not self._runs_async:
                 raise TypeError(
                     f"{action!r} is an async step: it needs AsyncActionQueue (await q.execute())"
+                )
+            if isinstance(action, ParallelGroup):
+                raise TypeError(
+                    f"{action!r} cannot be added with add(): use queue.add_group(actions, ...)"
                 )
             return action
         if not callable(action):
@@ -447,6 +479,7 @@ class QueueCore:
     def _set_options(
         self,
         index: int,
+        action: object,
         retry: RetryPolicy | None,
         rollback_retry: RetryPolicy | None,
         timeout: float | None,
@@ -483,17 +516,7 @@ class QueueCore:
         """
         if self._state > ADD:
             raise self._refused("add_group")
-        members: list[ActionLike] = []
-        for member in actions:
-            if _is_action(member):
-                members.append(member)
-            elif callable(member):
-                members.append(self._function_step(member, None))
-            else:
-                raise TypeError(
-                    f"cannot add {member!r} to a parallel group: expected an action "
-                    f"(with execute() and rollback()) or a function"
-                )
+        members: list[ActionLike] = [self._admit(member, None) for member in actions]
         if not members:
             raise ValueError("a parallel group needs at least one action")
         group = ParallelGroup(
@@ -517,6 +540,16 @@ class QueueCore:
             raise self._refused("rollback")
         self._state = ROLLBACK
 
+    def _rollback_interrupted(self, index: int) -> None:
+        """A BaseException escaped rollback() at step ``index``: let rollback() resume there.
+
+        The interrupted step's rollback may have run in part, so it is tried again.
+        """
+        self._started = index + 1
+        self._state = EXECUTE
+        self._failed = True
+        self._interrupted = True
+
     def _listeners_now(self) -> tuple[Listener, ...]:
         """The listeners of one run; empty (and cheap) when nobody listens."""
         if self._listeners or _GLOBAL_LISTENERS or _debug_enabled(10):  # logging.DEBUG
@@ -528,34 +561,24 @@ class QueueCore:
     def policy_for(self, index: int, method: Method) -> RetryPolicy | None:
         """The retry policy of step ``index``'s ``method``: its own, else the queue's."""
         options = self._options.get(index) if self._options else None
-        if method == "execute":
-            if options is not None and options.retry is not None:
-                return options.retry
-            return self._retry
-        if options is not None and options.rollback_retry is not None:
-            return options.rollback_retry
-        return self._rollback_retry
+        if method == "rollback":
+            if options is not None and options.rollback_retry is not None:
+                return options.rollback_retry
+            return self._rollback_retry
+        if options is not None and options.retry is not None:
+            return options.retry
+        return self._retry
 
     def timeout_for(self, index: int) -> float | None:
         """The per-call timeout of step ``index`` (None: none)."""
         options = self._options.get(index) if self._options else None
         return None if options is None else options.timeout
 
-    def _retrier(
-        self,
-        index: int,
-        action: object,
-        method: Method,
-        listeners: tuple[Listener, ...] = (),
-        start: float | None = None,
-    ) -> Retrier:
-        return Retrier(self, index, action, method, listeners, start)
-
     def _rollback_failed(
         self,
         index: int,
         action: object,
-        error: Exception,
+        error: BaseException,
         listeners: tuple[Listener, ...] = (),
         attempts: int = 1,
     ) -> RollbackFailure:

@@ -99,6 +99,9 @@ class QueueStateError(ActionQueuesError, AssertionError):
         self.call = call
         self.state = state
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, {"call": self.call, "state": self.state}))
+
 
 class RetryLimitExceeded(ActionQueuesError):
     """An action kept raising :class:`ActionRetryException` past ``max_retries``.
@@ -123,6 +126,10 @@ class RetryLimitExceeded(ActionQueuesError):
         self.action = action
         self.method = method
         self.retries = retries
+        self._limit = limit
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.action, self.method, self.retries, self._limit), self.__dict__)
 
 
 class RollbackError(ActionQueuesError):
@@ -148,6 +155,9 @@ class RollbackError(ActionQueuesError):
         self.report = report
         self.failures: tuple[RollbackFailure, ...] = failures
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.report,), self.__dict__)
+
 
 class ActionTimeoutError(ActionQueuesError, TimeoutError):
     """An async action's call took longer than its ``timeout`` (AsyncActionQueue only).
@@ -166,3 +176,12 @@ class ActionTimeoutError(ActionQueuesError, TimeoutError):
         self.action = action
         self.method = method
         self.timeout = timeout
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.action, self.method, self.timeout), self.__dict__)
+
+
+def _rebuild(
+    cls: type[QueueStateError], args: tuple[object, ...], kwargs: dict[str, str]
+) -> object:
+    return cls(*args, **kwargs)  # type: ignore[arg-type]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -15,7 +16,9 @@ from ._engine import (
     EXECUTE_COMPLETE,
     ROLLBACK_COMPLETE,
     QueueCore,
+    Retrier,
     _attempts_of,
+    _note_rollback,
     switches,
 )
 from ._errors import ActionRetryException, RollbackError
@@ -39,6 +42,33 @@ __all__ = ["ActionQueue"]
 
 _A = TypeVar("_A", bound=ActionLike)
 _Q = TypeVar("_Q", bound="ActionQueue")
+
+
+def _finish(pool: ThreadPoolExecutor, futures: list[Future[Any]], *, start_more: bool) -> None:
+    """Wait for the futures, however often the wait is interrupted; then re-raise that.
+
+    With ``start_more`` false, futures that have not started yet are cancelled.
+    """
+    if not start_more:
+        pool.shutdown(wait=False, cancel_futures=True)
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            _wait_all(futures)
+            break
+        except BaseException as exc:  # a second Ctrl-C must not abandon them
+            interrupted = exc
+    pool.shutdown()
+    if interrupted is not None:
+        raise interrupted
+
+
+def _wait_all(futures: list[Future[Any]]) -> None:
+    # Not concurrent.futures.wait(): it never returns for a future cancelled by
+    # shutdown(cancel_futures=True), whose state stays CANCELLED.
+    for future in futures:
+        if not future.cancelled():
+            future.exception()
 
 
 def _time_sleep(seconds: float) -> None:
@@ -111,13 +141,15 @@ class ActionQueue(QueueCore):
             )
         return step
 
-    def _set_options(self, index: int, retry: Any, rollback_retry: Any, timeout: Any) -> None:
+    def _set_options(
+        self, index: int, action: object, retry: Any, rollback_retry: Any, timeout: Any
+    ) -> None:
         if timeout is not None:
             raise TypeError(
                 "timeout= needs AsyncActionQueue: a running thread cannot be interrupted; "
                 "give the call its own timeout (e.g. the HTTP client's) instead"
             )
-        super()._set_options(index, retry, rollback_retry, timeout)
+        super()._set_options(index, action, retry, rollback_retry, timeout)
 
     # -- execute ------------------------------------------------------------
 
@@ -213,7 +245,7 @@ class ActionQueue(QueueCore):
         while True:
             if error is not None:
                 if retrier is None:
-                    retrier = self._retrier(index, action, method, listeners, start)
+                    retrier = Retrier(self, index, action, method, listeners, start)
                 delay = retrier.after(error)
                 if not switches.sleep_off:
                     self._sleep(delay)
@@ -254,9 +286,20 @@ class ActionQueue(QueueCore):
                 emit(listeners, "on_action_succeeded", event2)
 
         workers = min(group.max_workers, len(group.actions))
-        with ThreadPoolExecutor(workers, thread_name_prefix="actionqueues-group") as pool:
-            for position, member in enumerate(group.actions):
-                pool.submit(run, position, member)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="actionqueues-group")
+        futures = [
+            pool.submit(contextvars.copy_context().run, run, position, member)
+            for position, member in enumerate(group.actions)
+        ]
+        try:
+            _wait_all(futures)
+        except BaseException:
+            # Interrupted (Ctrl-C) while members run: start no more, let the running
+            # ones finish, so that everything started is known before rollback.
+            failed.set()
+            _finish(pool, futures, start_more=False)
+            raise
+        pool.shutdown()
         if errors:
             raise errors[min(errors)]
 
@@ -301,19 +344,23 @@ class ActionQueue(QueueCore):
         started.reverse()
         failed: list[RollbackFailure] | None = None
         index = len(started)
-        for action in started:
-            index -= 1
-            try:
+        try:
+            for action in started:
+                index -= 1
                 try:
-                    result = action.rollback()
-                    if result is not None:
-                        self._check_sync_result(result, action, "rollback")
-                except ActionRetryException as signal:
-                    self._call(index, action, "rollback", (), signal)
-            except Exception as error:
-                if failed is None:
-                    failed = []
-                failed.append(self._rollback_failed(index, action, error))
+                    try:
+                        result = action.rollback()
+                        if result is not None:
+                            self._check_sync_result(result, action, "rollback")
+                    except ActionRetryException as signal:
+                        self._call(index, action, "rollback", (), signal)
+                except Exception as error:
+                    if failed is None:
+                        failed = []
+                    failed.append(self._rollback_failed(index, action, error))
+        except BaseException:
+            self._rollback_interrupted(index)
+            raise
         self._state = ROLLBACK_COMPLETE
         if failed is None:
             return new_report(tuple(started), ())
@@ -327,24 +374,29 @@ class ActionQueue(QueueCore):
         legacy = self._legacy_retries
         rolled_back: list[object] = []
         failures: list[RollbackFailure] = []
-        for index in range(self._started - 1, -1, -1):
-            action = actions[index]
-            if type(action) is ParallelGroup:
-                self._rollback_group(index, action, listeners, rolled_back, failures)
-                continue
-            error = self._rollback_step(index, action, listeners, legacy)
-            if error is None:
-                rolled_back.append(action)
-            else:
-                failures.append(
-                    self._rollback_failed(index, action, error, listeners, _attempts_of(error))
-                )
+        index = self._started
+        try:
+            for index in range(self._started - 1, -1, -1):
+                action = actions[index]
+                if type(action) is ParallelGroup:
+                    self._rollback_group(index, action, listeners, rolled_back, failures)
+                    continue
+                error = self._rollback_step(index, action, listeners, legacy)
+                if error is None:
+                    rolled_back.append(action)
+                else:
+                    failures.append(
+                        self._rollback_failed(index, action, error, listeners, _attempts_of(error))
+                    )
+        except BaseException:
+            self._rollback_interrupted(index)
+            raise
         self._state = ROLLBACK_COMPLETE
         return new_report(tuple(rolled_back), tuple(failures))
 
     def _rollback_step(
         self, index: int, action: ActionLike, listeners: tuple[Listener, ...], legacy: bool
-    ) -> Exception | None:
+    ) -> BaseException | None:
         """Roll back one action; return the error it ended with, or None."""
         if listeners:
             emit(listeners, "on_rollback_started", RollbackStarted(self, index, action))
@@ -373,10 +425,16 @@ class ActionQueue(QueueCore):
         members = group.started[::-1]
         if group.rollback_concurrently and len(members) > 1:
             workers = min(group.max_workers, len(members))
-            with ThreadPoolExecutor(workers, thread_name_prefix="actionqueues-group") as pool:
-                outcomes = list(
-                    pool.map(lambda m: self._rollback_step(index, m, listeners, False), members)
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="actionqueues-group")
+            futures = [
+                pool.submit(
+                    contextvars.copy_context().run, self._rollback_step, index, m, listeners, False
                 )
+                for m in members
+            ]
+            # Every rollback runs to the end, even if this thread is interrupted.
+            _finish(pool, futures, start_more=True)
+            outcomes = [f.result() for f in futures]
         else:
             outcomes = [self._rollback_step(index, m, listeners, False) for m in members]
         for member, error in zip(members, outcomes, strict=True):
@@ -402,7 +460,7 @@ class ActionQueue(QueueCore):
         if exc is None:
             return
         if self._state == EXECUTE_COMPLETE or (self._state == EXECUTE and self._failed):
-            self.rollback()
+            _note_rollback(exc, self.rollback())
 
     # -- 0.8.2 ---------------------------------------------------------------
 

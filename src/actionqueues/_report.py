@@ -21,7 +21,7 @@ class RollbackFailure:
 
     index: int
     action: object
-    error: Exception
+    error: BaseException
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class RollbackReport:
         return not self.failures
 
     @property
-    def errors(self) -> tuple[Exception, ...]:
+    def errors(self) -> tuple[BaseException, ...]:
         """The exceptions of the failed rollbacks, in the order they were attempted."""
         return tuple(f.error for f in self.failures)
 

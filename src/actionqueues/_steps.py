@@ -41,11 +41,18 @@ class FunctionStep(Generic[_T]):
         done: Whether ``do()`` returned.
     """
 
-    __slots__ = ("do", "done", "result", "undo")
+    __slots__ = ("do", "done", "name", "result", "undo")
 
-    def __init__(self, do: Callable[[], _T], undo: Callable[[_T], object] | None = None) -> None:
+    def __init__(
+        self,
+        do: Callable[[], _T],
+        undo: Callable[[_T], object] | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
         self.do = do
         self.undo = undo
+        self.name = name or _name(do)
         self.result: _T | None = None
         self.done = False
 
@@ -66,7 +73,8 @@ class FunctionStep(Generic[_T]):
             self.done = False
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {_name(self.do)} undo={_name(self.undo)}>"
+        undo = "none" if self.undo is None else _name(self.undo)
+        return f"<{type(self).__name__} {self.name} undo={undo}>"
 
 
 def _refuse_awaitable(awaitable: object, fn: object) -> None:
@@ -114,6 +122,11 @@ def function_step(do: Callable[[], Any], undo: Callable[[Any], object] | None) -
     return FunctionStep(do, undo)
 
 
+def _call_name(definition: StepDefinition[Any, Any], args: tuple[object, ...]) -> str:
+    shown = ", ".join(repr(a) for a in args[:3]) + (", ..." if len(args) > 3 else "")
+    return f"{definition.__qualname__}({shown})"
+
+
 class StepDefinition(Generic[_P, _T]):
     """A function declared with :func:`step`; call it to make a queueable step.
 
@@ -138,7 +151,7 @@ class StepDefinition(Generic[_P, _T]):
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> FunctionStep[_T]:
         """Bind the arguments: the returned step calls ``fn(*args, **kwargs)`` when executed."""
         fn = self.fn
-        return FunctionStep(lambda: fn(*args, **kwargs), self.undo)
+        return FunctionStep(lambda: fn(*args, **kwargs), self.undo, name=_call_name(self, args))
 
     def __repr__(self) -> str:
         return f"<step {self.__qualname__}>"
@@ -157,7 +170,9 @@ class AsyncStepDefinition(StepDefinition[_P, _T]):
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> AsyncFunctionStep[_T]:
         """Bind the arguments: the returned step awaits ``fn(*args, **kwargs)`` when executed."""
         fn = self.fn
-        return AsyncFunctionStep(lambda: fn(*args, **kwargs), self.undo)
+        return AsyncFunctionStep(
+            lambda: fn(*args, **kwargs), self.undo, name=_call_name(self, args)
+        )
 
 
 @overload

@@ -13,7 +13,9 @@ exporter to see them. Each run gives this trace::
 
 The queue span is a child of the span that is current when ``execute()`` is
 called. The rollback span is a child of the queue span even though that span
-has already ended, so one trace shows the run and its rollback.
+has already ended, so one trace shows the run and its rollback. While an
+action runs, its step span is the current span, so the spans it creates
+itself (an HTTP call, a database query) are children of its step span.
 
 Example:
     Give the listener to a queue (or to every queue with
@@ -43,12 +45,14 @@ Importing this module without OpenTelemetry installed raises
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 try:
-    from opentelemetry import trace
+    from opentelemetry import context, trace
     from opentelemetry.trace import NonRecordingSpan, Status, StatusCode
 except ImportError as exc:
     raise ImportError(
@@ -69,6 +73,7 @@ from ._events import (
     RollbackStarted,
     RollbackSucceeded,
 )
+from ._steps import FunctionStep
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -83,6 +88,8 @@ _ROLLBACK_SPAN = "actionqueues.rollback"
 _ROLLBACK_STEP_SPAN = "actionqueues.rollback_step"
 _RETRY_EVENT = "retry"
 
+logger = logging.getLogger(__name__)
+
 # The states of queues that cannot be weakly referenced (see _new_state) are kept
 # after execute() for at most this many queues, the oldest being dropped first.
 _MAX_UNREFERENCEABLE = 1024
@@ -90,6 +97,51 @@ _MAX_UNREFERENCEABLE = 1024
 # One open execute or rollback_step span: (method, step index, id(action)). The
 # action is alive while its span is open, so its id cannot be reused meanwhile.
 _StepKey = tuple[str, int, int]
+
+
+class _Step:
+    """One open step span, made the current span in this context until it ends.
+
+    Each context (a thread's, an asyncio task's, a ``contextvars`` copy) keeps
+    the steps it attached in :data:`_ATTACHED`, oldest first. A step ending is
+    marked ended; its context is detached when nothing newer is attached above
+    it, so that contexts are always detached newest first, even when the queue
+    reports a group member's rollback failure after the next member started.
+    A step that ends in another context (a group member whose failure the
+    queue reports from its own thread or task) is detached by its context
+    when a step ends there next, or not at all if that context is gone.
+    """
+
+    __slots__ = ("ended", "pushed", "span", "token")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.ended = False
+        self.token = context.attach(trace.set_span_in_context(span))
+        self.pushed = _ATTACHED.set((*_ATTACHED.get(), self))
+
+
+_ATTACHED: ContextVar[tuple[_Step, ...]] = ContextVar("actionqueues_otel_steps", default=())
+
+
+def _end(step: _Step) -> None:
+    """Mark the step ended; detach the ended steps at the top of this context's stack."""
+    step.ended = True
+    stack = _ATTACHED.get()
+    while stack and stack[-1].ended:
+        top = stack[-1]
+        try:
+            _ATTACHED.reset(top.pushed)
+        except Exception:
+            # Attached in the context this one was copied from: only that one
+            # can detach it (and OpenTelemetry's detach would log an error).
+            logger.debug("step span context left to the context that attached it")
+            return
+        try:
+            context.detach(top.token)
+        except Exception:
+            logger.debug("could not detach the step span's context", exc_info=True)
+        stack = _ATTACHED.get()
 
 
 class _QueueState:
@@ -105,7 +157,7 @@ class _QueueState:
         self.context: Context | None = None if span is None else trace.set_span_in_context(span)
         self.rollback: Span | None = None
         self.rollback_context: Context | None = None
-        self.steps: dict[_StepKey, Span] = {}
+        self.steps: dict[_StepKey, _Step] = {}
 
 
 class OpenTelemetryListener(BaseListener):
@@ -119,7 +171,8 @@ class OpenTelemetryListener(BaseListener):
       exception is recorded. Its status is left unset on success.
     * ``actionqueues.execute``, a child per step executed, with
       ``actionqueues.step`` (its index), ``actionqueues.action`` (the action's
-      class name) and ``actionqueues.attempts`` (calls made). Each retry adds a
+      class name; for a function step, its ``name``) and
+      ``actionqueues.attempts`` (calls made). Each retry adds a
       ``retry`` event with ``actionqueues.attempt`` (the failed attempt, 1 for
       the first call), ``actionqueues.delay_s``, ``exception.type`` and
       ``exception.message``. A step that failed has status ERROR and its
@@ -132,6 +185,11 @@ class OpenTelemetryListener(BaseListener):
     * ``actionqueues.rollback_step``, a child of the rollback span per step
       rolled back, with the same attributes, retry events and error handling
       as ``actionqueues.execute``.
+
+    While an action's ``execute()`` or ``rollback()`` runs, its step span is
+    the current span (in its thread, or in its task for an async queue), so
+    the spans the action starts are children of it. The caller's context is
+    restored when the step ends.
 
     Memory: the listener keeps a little state per queue, from ``execute()``
     until the queue's ``rollback()`` finished, or else until the queue is
@@ -204,16 +262,29 @@ class OpenTelemetryListener(BaseListener):
             return self._states.get(id(queue))
 
     def _open_step(self, state: _QueueState, key: _StepKey, span: Span) -> None:
+        """Record the step's span and make it the current span until the step ends."""
+        step = _Step(span)
         with self._lock:
-            state.steps[key] = span
+            state.steps[key] = step
 
-    def _step(self, queue: object, key: _StepKey, *, close: bool) -> Span | None:
+    def _span(self, queue: object, key: _StepKey) -> Span | None:
+        """The step's open span, if any."""
         with self._lock:
             self._purge()
             state = self._states.get(id(queue))
-            if state is None:
-                return None
-            return state.steps.pop(key, None) if close else state.steps.get(key)
+            step = None if state is None else state.steps.get(key)
+        return None if step is None else step.span
+
+    def _close_step(self, queue: object, key: _StepKey) -> Span | None:
+        """Forget the step, restore the context it replaced; return its span to end."""
+        with self._lock:
+            self._purge()
+            state = self._states.get(id(queue))
+            step = None if state is None else state.steps.pop(key, None)
+        if step is None:  # unknown queue or step (listener added mid-run): nothing attached
+            return None
+        _end(step)
+        return step.span
 
     # -- execute ----------------------------------------------------------
 
@@ -247,7 +318,7 @@ class OpenTelemetryListener(BaseListener):
 
     def on_retry_scheduled(self, event: RetryScheduled) -> None:
         """Add a ``retry`` event to the step's execute or rollback_step span."""
-        span = self._step(event.queue, (event.method, event.index, id(event.action)), close=False)
+        span = self._span(event.queue, (event.method, event.index, id(event.action)))
         if span is None:
             return
         span.add_event(
@@ -262,14 +333,14 @@ class OpenTelemetryListener(BaseListener):
 
     def on_action_succeeded(self, event: ActionSucceeded) -> None:
         """End the step's span."""
-        span = self._step(event.queue, ("execute", event.index, id(event.action)), close=True)
+        span = self._close_step(event.queue, ("execute", event.index, id(event.action)))
         if span is not None:
             span.set_attribute("actionqueues.attempts", event.attempts)
             span.end()
 
     def on_action_failed(self, event: ActionFailed) -> None:
         """End the step's span with status ERROR and the exception recorded."""
-        span = self._step(event.queue, ("execute", event.index, id(event.action)), close=True)
+        span = self._close_step(event.queue, ("execute", event.index, id(event.action)))
         if span is not None:
             span.set_attribute("actionqueues.attempts", event.attempts)
             _fail(span, event.error)
@@ -300,9 +371,10 @@ class OpenTelemetryListener(BaseListener):
                     self._states.pop(oldest, None)
         error = event.error
         for step in steps:
+            _end(step)
             if error is not None:
-                _fail(step, error)
-            step.end()
+                _fail(step.span, error)
+            step.span.end()
         if error is not None:
             _fail(span, error)
         span.end()
@@ -340,14 +412,14 @@ class OpenTelemetryListener(BaseListener):
 
     def on_rollback_succeeded(self, event: RollbackSucceeded) -> None:
         """End the step's rollback_step span."""
-        span = self._step(event.queue, ("rollback", event.index, id(event.action)), close=True)
+        span = self._close_step(event.queue, ("rollback", event.index, id(event.action)))
         if span is not None:
             span.set_attribute("actionqueues.attempts", event.attempts)
             span.end()
 
     def on_rollback_failed(self, event: RollbackFailed) -> None:
         """End the step's rollback_step span with status ERROR and the exception."""
-        span = self._step(event.queue, ("rollback", event.index, id(event.action)), close=True)
+        span = self._close_step(event.queue, ("rollback", event.index, id(event.action)))
         if span is not None:
             span.set_attribute("actionqueues.attempts", event.attempts)
             _fail(span, event.error)
@@ -363,7 +435,8 @@ class OpenTelemetryListener(BaseListener):
             steps = list(state.steps.values())
             state.steps.clear()
         for step in steps:
-            step.end()
+            _end(step)
+            step.span.end()
         report = event.report
         span.set_attributes(
             {
@@ -383,7 +456,19 @@ class OpenTelemetryListener(BaseListener):
 
 
 def _step_attributes(index: int, action: object) -> dict[str, str | int]:
-    return {"actionqueues.step": index, "actionqueues.action": type(action).__qualname__}
+    return {"actionqueues.step": index, "actionqueues.action": _action_name(action)}
+
+
+def _action_name(action: object) -> str:
+    """The action's class name; for a function step, its name (or its function's)."""
+    if not isinstance(action, FunctionStep):
+        return type(action).__qualname__
+    name = getattr(action, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    do = action.do
+    qualname = getattr(do, "__qualname__", None)
+    return qualname if isinstance(qualname, str) else type(do).__qualname__
 
 
 def _type_name(error: BaseException) -> str:
