@@ -248,3 +248,40 @@ def test_library_errors_survive_pickling() -> None:
         assert type(copy) is type(error)
         assert str(copy) == str(error)
         assert vars(copy) == vars(error)
+
+
+def test_ctrl_c_while_a_group_runs_starts_no_more_members_and_rollback_undoes_the_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import actionqueues._queue as queue_module
+
+    log: list[str] = []
+    first_running = threading.Event()
+
+    class Slow(Step):
+        def execute(self) -> None:
+            first_running.set()
+            super().execute()
+
+    real_wait = queue_module._wait_all
+    calls = 0
+
+    def interrupted_once(futures: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            first_running.wait(5)
+            raise KeyboardInterrupt
+        real_wait(futures)
+
+    monkeypatch.setattr(queue_module, "_wait_all", interrupted_once)
+    q = ActionQueue()
+    q.add(Step(log, "before"))
+    group = q.add_group([Slow(log, f"m{i}") for i in range(6)], max_workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        q.execute()
+    started = [m.name for m in group.started]  # type: ignore[attr-defined]
+    assert 1 <= len(started) < 6
+    q.rollback()
+    undone = [line.split()[1] for line in log if line.startswith("rollback")]
+    assert undone == [*reversed(started), "before"]

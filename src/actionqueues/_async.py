@@ -15,31 +15,18 @@ from typing import Any, TypeVar
 from ._action import ActionLike
 from ._engine import (
     _NO_OPTIONS,
-    EXECUTE,
-    EXECUTE_COMPLETE,
-    ROLLBACK_COMPLETE,
     QueueCore,
     Retrier,
-    _attempts_of,
     _note_rollback,
     logger,
     switches,
 )
 from ._errors import ActionTimeoutError, RollbackError
 from ._events import (
-    ActionFailed,
-    ActionStarted,
-    ActionSucceeded,
     Listener,
     Method,
-    QueueFinished,
-    QueueRolledBack,
-    QueueStarted,
-    RollbackStarted,
-    RollbackSucceeded,
-    emit,
 )
-from ._report import RollbackFailure, RollbackReport, new_report
+from ._report import RollbackFailure, RollbackReport
 from ._steps import AsyncFunctionStep, ParallelGroup
 
 __all__ = ["AsyncActionQueue"]
@@ -128,37 +115,24 @@ class AsyncActionQueue(QueueCore):
         """
         actions = self._begin_execute()
         listeners = self._listeners_now()
-        clock = self._clock
-        began = clock() if listeners else 0.0
-        if listeners:
-            emit(listeners, "on_queue_started", QueueStarted(self, len(actions)))
+        began = self._run_started(listeners, len(actions))
         try:
             for index, action in enumerate(actions):
                 self._started = index + 1
                 if type(action) is ParallelGroup:
                     await self._execute_group(index, action, listeners)
                     continue
-                if not listeners:
-                    await self._call(index, action, "execute", (), clock())
-                    continue
-                emit(listeners, "on_action_started", ActionStarted(self, index, action))
-                start = clock()
+                start = self._step_started(listeners, index, action)
                 try:
                     attempts = await self._call(index, action, "execute", listeners, start)
                 except BaseException as error:
-                    event = ActionFailed(self, index, action, error, _attempts_of(error))
-                    emit(listeners, "on_action_failed", event)
+                    self._step_failed(listeners, index, action, error)
                     raise
-                event2 = ActionSucceeded(self, index, action, attempts, clock() - start)
-                emit(listeners, "on_action_succeeded", event2)
+                self._step_succeeded(listeners, index, action, attempts, start)
         except BaseException as error:
-            self._failed = True
-            if listeners:
-                emit(listeners, "on_queue_finished", QueueFinished(self, error, clock() - began))
+            self._run_finished(listeners, began, error)
             raise
-        self._state = EXECUTE_COMPLETE
-        if listeners:
-            emit(listeners, "on_queue_finished", QueueFinished(self, None, clock() - began))
+        self._run_finished(listeners, began, None)
 
     async def _call(
         self,
@@ -201,7 +175,6 @@ class AsyncActionQueue(QueueCore):
     ) -> None:
         errors: dict[int, BaseException] = {}
         limit = asyncio.Semaphore(group.max_workers)
-        clock = self._clock
         tasks: list[asyncio.Future[None]] = []
 
         async def run(position: int, member: ActionLike) -> None:
@@ -209,24 +182,18 @@ class AsyncActionQueue(QueueCore):
                 if errors:
                     return
                 group._mark_started(member)
-                if listeners:
-                    emit(listeners, "on_action_started", ActionStarted(self, index, member))
-                start = clock()
+                start = self._step_started(listeners, index, member)
                 try:
                     attempts = await self._call(index, member, "execute", listeners, start)
                 except BaseException as error:
-                    if listeners:
-                        event = ActionFailed(self, index, member, error, _attempts_of(error))
-                        emit(listeners, "on_action_failed", event)
+                    self._step_failed(listeners, index, member, error)
                     if isinstance(error, asyncio.CancelledError):
                         raise
                     errors[position] = error
                     for task in tasks:
                         task.cancel()  # cancelling itself is harmless: it is finishing
                     return
-                if listeners:
-                    event2 = ActionSucceeded(self, index, member, attempts, clock() - start)
-                    emit(listeners, "on_action_succeeded", event2)
+                self._step_succeeded(listeners, index, member, attempts, start)
 
         tasks.extend(asyncio.ensure_future(run(p, m)) for p, m in enumerate(group.actions))
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -284,48 +251,32 @@ class AsyncActionQueue(QueueCore):
                 action = actions[index]
                 if type(action) is ParallelGroup:
                     members = action.started[::-1]
-                    if action.rollback_concurrently and len(members) > 1:
-                        outcomes = await asyncio.gather(
+                    if action.rollback_concurrently:
+                        errors = await asyncio.gather(
                             *(self._rollback_step(index, m, listeners) for m in members)
                         )
                     else:
-                        outcomes = [await self._rollback_step(index, m, listeners) for m in members]
-                    pairs = list(zip(members, outcomes, strict=True))
+                        errors = [await self._rollback_step(index, m, listeners) for m in members]
+                    outcomes = list(zip(members, errors, strict=True))
                 else:
-                    pairs = [(action, await self._rollback_step(index, action, listeners))]
-                for member, error in pairs:
-                    if error is None:
-                        rolled_back.append(member)
-                    else:
-                        failures.append(
-                            self._rollback_failed(
-                                index, member, error, listeners, _attempts_of(error)
-                            )
-                        )
+                    outcomes = [(action, await self._rollback_step(index, action, listeners))]
+                self._record_rollbacks(listeners, index, outcomes, rolled_back, failures)
         except BaseException:
             self._rollback_interrupted(index)
             raise
-        self._state = ROLLBACK_COMPLETE
-        report = new_report(tuple(rolled_back), tuple(failures))
-        if listeners:
-            emit(listeners, "on_queue_rolled_back", QueueRolledBack(self, report))
-        return report
+        return self._rollback_done(listeners, rolled_back, failures)
 
     async def _rollback_step(
         self, index: int, action: ActionLike, listeners: tuple[Listener, ...]
     ) -> BaseException | None:
-        if listeners:
-            emit(listeners, "on_rollback_started", RollbackStarted(self, index, action))
+        self._rollback_started(listeners, index, action)
         try:
             attempts = await self._call(index, action, "rollback", listeners, self._clock())
         except (Exception, asyncio.CancelledError) as error:
             # The rollback task is shielded, so a CancelledError here came from the
             # action itself: a failed rollback like any other, never a silent stop.
             return error
-        if listeners:
-            emit(
-                listeners, "on_rollback_succeeded", RollbackSucceeded(self, index, action, attempts)
-            )
+        self._rollback_succeeded(listeners, index, action, attempts)
         return None
 
     # -- context manager ------------------------------------------------------
@@ -340,9 +291,7 @@ class AsyncActionQueue(QueueCore):
         tb: TracebackType | None,
     ) -> None:
         """Roll back if the block raised after ``execute()`` started; never hide the error."""
-        if exc is None:
-            return
-        if self._state == EXECUTE_COMPLETE or (self._state == EXECUTE and self._failed):
+        if exc is not None and self._should_roll_back_on_exit(exc):
             _note_rollback(exc, await self.rollback())
 
 

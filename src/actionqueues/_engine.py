@@ -28,16 +28,24 @@ from ._action import ActionLike
 from ._errors import ActionRetryException, QueueStateError, RetryLimitExceeded
 from ._events import (
     _GLOBAL_LISTENERS,
+    ActionFailed,
+    ActionStarted,
+    ActionSucceeded,
     Listener,
     Method,
+    QueueFinished,
+    QueueRolledBack,
+    QueueStarted,
     RetryScheduled,
     RollbackFailed,
+    RollbackStarted,
+    RollbackSucceeded,
     _check_listener,
     active_listeners,
     emit,
 )
 from ._policy import RetryPolicy
-from ._report import RollbackFailure, RollbackReport
+from ._report import RollbackFailure, RollbackReport, new_report
 from ._steps import (
     AsyncFunctionStep,
     FunctionStep,
@@ -539,6 +547,96 @@ class QueueCore:
         if not (state == EXECUTE_COMPLETE or (state == EXECUTE and self._failed)):
             raise self._refused("rollback")
         self._state = ROLLBACK
+
+    # -- reporting (shared by the drivers' general loops) ------------------
+
+    def _run_started(self, listeners: tuple[Listener, ...], steps: int) -> float:
+        if listeners:
+            emit(listeners, "on_queue_started", QueueStarted(self, steps))
+        return self._clock()
+
+    def _run_finished(
+        self, listeners: tuple[Listener, ...], began: float, error: BaseException | None
+    ) -> None:
+        if error is None:
+            self._state = EXECUTE_COMPLETE
+        else:
+            self._failed = True
+        if listeners:
+            emit(listeners, "on_queue_finished", QueueFinished(self, error, self._clock() - began))
+
+    def _step_started(self, listeners: tuple[Listener, ...], index: int, action: object) -> float:
+        if listeners:
+            emit(listeners, "on_action_started", ActionStarted(self, index, action))
+        return self._clock()
+
+    def _step_succeeded(
+        self,
+        listeners: tuple[Listener, ...],
+        index: int,
+        action: object,
+        attempts: int,
+        start: float,
+    ) -> None:
+        if listeners:
+            event = ActionSucceeded(self, index, action, attempts, self._clock() - start)
+            emit(listeners, "on_action_succeeded", event)
+
+    def _step_failed(
+        self, listeners: tuple[Listener, ...], index: int, action: object, error: BaseException
+    ) -> None:
+        if listeners:
+            event = ActionFailed(self, index, action, error, _attempts_of(error))
+            emit(listeners, "on_action_failed", event)
+
+    def _rollback_started(
+        self, listeners: tuple[Listener, ...], index: int, action: object
+    ) -> None:
+        if listeners:
+            emit(listeners, "on_rollback_started", RollbackStarted(self, index, action))
+
+    def _rollback_succeeded(
+        self, listeners: tuple[Listener, ...], index: int, action: object, attempts: int
+    ) -> None:
+        if listeners:
+            emit(
+                listeners, "on_rollback_succeeded", RollbackSucceeded(self, index, action, attempts)
+            )
+
+    def _record_rollbacks(
+        self,
+        listeners: tuple[Listener, ...],
+        index: int,
+        outcomes: Iterable[tuple[object, BaseException | None]],
+        rolled_back: list[object],
+        failures: list[RollbackFailure],
+    ) -> None:
+        """File each (action, error or None) of step ``index`` into the report lists."""
+        for action, error in outcomes:
+            if error is None:
+                rolled_back.append(action)
+            else:
+                failures.append(
+                    self._rollback_failed(index, action, error, listeners, _attempts_of(error))
+                )
+
+    def _rollback_done(
+        self,
+        listeners: tuple[Listener, ...],
+        rolled_back: list[object],
+        failures: list[RollbackFailure],
+    ) -> RollbackReport:
+        self._state = ROLLBACK_COMPLETE
+        report = new_report(tuple(rolled_back), tuple(failures))
+        if listeners:
+            emit(listeners, "on_queue_rolled_back", QueueRolledBack(self, report))
+        return report
+
+    def _should_roll_back_on_exit(self, error: BaseException | None) -> bool:
+        """Whether a ``with`` block that ends with ``error`` must roll back."""
+        return error is not None and (
+            self._state == EXECUTE_COMPLETE or (self._state == EXECUTE and self._failed)
+        )
 
     def _rollback_interrupted(self, index: int) -> None:
         """A BaseException escaped rollback() at step ``index``: let rollback() resume there.

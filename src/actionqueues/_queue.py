@@ -12,28 +12,17 @@ from typing import Any, TypeVar
 
 from ._action import ActionLike
 from ._engine import (
-    EXECUTE,
     EXECUTE_COMPLETE,
     ROLLBACK_COMPLETE,
     QueueCore,
     Retrier,
-    _attempts_of,
     _note_rollback,
     switches,
 )
 from ._errors import ActionRetryException, RollbackError
 from ._events import (
-    ActionFailed,
-    ActionStarted,
-    ActionSucceeded,
     Listener,
     Method,
-    QueueFinished,
-    QueueRolledBack,
-    QueueStarted,
-    RollbackStarted,
-    RollbackSucceeded,
-    emit,
 )
 from ._report import RollbackFailure, RollbackReport, new_report
 from ._steps import AsyncFunctionStep, ParallelGroup
@@ -186,20 +175,15 @@ class ActionQueue(QueueCore):
         self._state = EXECUTE_COMPLETE
 
     def _execute_general(self, actions: list[ActionLike], listeners: tuple[Listener, ...]) -> None:
-        clock = self._clock
         legacy = self._legacy_retries
-        began = clock()
-        if listeners:
-            emit(listeners, "on_queue_started", QueueStarted(self, len(actions)))
+        began = self._run_started(listeners, len(actions))
         try:
             for index, action in enumerate(actions):
                 self._started = index + 1
                 if type(action) is ParallelGroup:
                     self._execute_group(index, action, listeners)
                     continue
-                if listeners:
-                    emit(listeners, "on_action_started", ActionStarted(self, index, action))
-                start = clock()
+                start = self._step_started(listeners, index, action)
                 try:
                     if legacy:
                         self.execute_with_retries(action, _call_execute)
@@ -207,27 +191,13 @@ class ActionQueue(QueueCore):
                     else:
                         attempts = self._call(index, action, "execute", listeners, start=start)
                 except BaseException as error:
-                    if listeners:
-                        emit(
-                            listeners,
-                            "on_action_failed",
-                            ActionFailed(self, index, action, error, _attempts_of(error)),
-                        )
+                    self._step_failed(listeners, index, action, error)
                     raise
-                if listeners:
-                    emit(
-                        listeners,
-                        "on_action_succeeded",
-                        ActionSucceeded(self, index, action, attempts, clock() - start),
-                    )
+                self._step_succeeded(listeners, index, action, attempts, start)
         except BaseException as error:
-            self._failed = True
-            if listeners:
-                emit(listeners, "on_queue_finished", QueueFinished(self, error, clock() - began))
+            self._run_finished(listeners, began, error)
             raise
-        self._state = EXECUTE_COMPLETE
-        if listeners:
-            emit(listeners, "on_queue_finished", QueueFinished(self, None, clock() - began))
+        self._run_finished(listeners, began, None)
 
     def _call(
         self,
@@ -263,27 +233,20 @@ class ActionQueue(QueueCore):
     ) -> None:
         failed = threading.Event()
         errors: dict[int, BaseException] = {}
-        clock = self._clock
 
         def run(position: int, member: ActionLike) -> None:
             if failed.is_set():
                 return
             group._mark_started(member)
-            if listeners:
-                emit(listeners, "on_action_started", ActionStarted(self, index, member))
-            start = clock()
+            start = self._step_started(listeners, index, member)
             try:
                 attempts = self._call(index, member, "execute", listeners, start=start)
             except BaseException as error:
                 errors[position] = error
                 failed.set()
-                if listeners:
-                    event = ActionFailed(self, index, member, error, _attempts_of(error))
-                    emit(listeners, "on_action_failed", event)
+                self._step_failed(listeners, index, member, error)
                 return
-            if listeners:
-                event2 = ActionSucceeded(self, index, member, attempts, clock() - start)
-                emit(listeners, "on_action_succeeded", event2)
+            self._step_succeeded(listeners, index, member, attempts, start)
 
         workers = min(group.max_workers, len(group.actions))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="actionqueues-group")
@@ -332,8 +295,6 @@ class ActionQueue(QueueCore):
             report = self._rollback_general(listeners)
         else:
             report = self._rollback_fast()
-        if listeners:
-            emit(listeners, "on_queue_rolled_back", QueueRolledBack(self, report))
         if raise_errors and report.failures:
             raise RollbackError(report)
         return report
@@ -379,27 +340,20 @@ class ActionQueue(QueueCore):
             for index in range(self._started - 1, -1, -1):
                 action = actions[index]
                 if type(action) is ParallelGroup:
-                    self._rollback_group(index, action, listeners, rolled_back, failures)
-                    continue
-                error = self._rollback_step(index, action, listeners, legacy)
-                if error is None:
-                    rolled_back.append(action)
+                    outcomes = self._rollback_group(index, action, listeners)
                 else:
-                    failures.append(
-                        self._rollback_failed(index, action, error, listeners, _attempts_of(error))
-                    )
+                    outcomes = [(action, self._rollback_step(index, action, listeners, legacy))]
+                self._record_rollbacks(listeners, index, outcomes, rolled_back, failures)
         except BaseException:
             self._rollback_interrupted(index)
             raise
-        self._state = ROLLBACK_COMPLETE
-        return new_report(tuple(rolled_back), tuple(failures))
+        return self._rollback_done(listeners, rolled_back, failures)
 
     def _rollback_step(
         self, index: int, action: ActionLike, listeners: tuple[Listener, ...], legacy: bool
     ) -> BaseException | None:
         """Roll back one action; return the error it ended with, or None."""
-        if listeners:
-            emit(listeners, "on_rollback_started", RollbackStarted(self, index, action))
+        self._rollback_started(listeners, index, action)
         try:
             if legacy:
                 self.execute_with_retries(action, _call_rollback)
@@ -408,20 +362,12 @@ class ActionQueue(QueueCore):
                 attempts = self._call(index, action, "rollback", listeners, start=self._clock())
         except Exception as error:
             return error
-        if listeners:
-            emit(
-                listeners, "on_rollback_succeeded", RollbackSucceeded(self, index, action, attempts)
-            )
+        self._rollback_succeeded(listeners, index, action, attempts)
         return None
 
     def _rollback_group(
-        self,
-        index: int,
-        group: ParallelGroup,
-        listeners: tuple[Listener, ...],
-        rolled_back: list[object],
-        failures: list[RollbackFailure],
-    ) -> None:
+        self, index: int, group: ParallelGroup, listeners: tuple[Listener, ...]
+    ) -> list[tuple[object, BaseException | None]]:
         members = group.started[::-1]
         if group.rollback_concurrently and len(members) > 1:
             workers = min(group.max_workers, len(members))
@@ -434,16 +380,10 @@ class ActionQueue(QueueCore):
             ]
             # Every rollback runs to the end, even if this thread is interrupted.
             _finish(pool, futures, start_more=True)
-            outcomes = [f.result() for f in futures]
+            errors = [f.result() for f in futures]
         else:
-            outcomes = [self._rollback_step(index, m, listeners, False) for m in members]
-        for member, error in zip(members, outcomes, strict=True):
-            if error is None:
-                rolled_back.append(member)
-            else:
-                failures.append(
-                    self._rollback_failed(index, member, error, listeners, _attempts_of(error))
-                )
+            errors = [self._rollback_step(index, m, listeners, False) for m in members]
+        return list(zip(members, errors, strict=True))
 
     # -- context manager ------------------------------------------------------
 
@@ -457,9 +397,7 @@ class ActionQueue(QueueCore):
         tb: TracebackType | None,
     ) -> None:
         """Roll back if the block raised after ``execute()`` started; never hide the error."""
-        if exc is None:
-            return
-        if self._state == EXECUTE_COMPLETE or (self._state == EXECUTE and self._failed):
+        if exc is not None and self._should_roll_back_on_exit(exc):
             _note_rollback(exc, self.rollback())
 
     # -- 0.8.2 ---------------------------------------------------------------
