@@ -122,11 +122,6 @@ def function_step(do: Callable[[], Any], undo: Callable[[Any], object] | None) -
     return FunctionStep(do, undo)
 
 
-def _call_name(definition: StepDefinition[Any, Any], args: tuple[object, ...]) -> str:
-    shown = ", ".join(repr(a) for a in args[:3]) + (", ..." if len(args) > 3 else "")
-    return f"{definition.__qualname__}({shown})"
-
-
 class StepDefinition(Generic[_P, _T]):
     """A function declared with :func:`step`; call it to make a queueable step.
 
@@ -151,7 +146,7 @@ class StepDefinition(Generic[_P, _T]):
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> FunctionStep[_T]:
         """Bind the arguments: the returned step calls ``fn(*args, **kwargs)`` when executed."""
         fn = self.fn
-        return FunctionStep(lambda: fn(*args, **kwargs), self.undo, name=_call_name(self, args))
+        return FunctionStep(lambda: fn(*args, **kwargs), self.undo, name=self.__qualname__)
 
     def __repr__(self) -> str:
         return f"<step {self.__qualname__}>"
@@ -170,9 +165,7 @@ class AsyncStepDefinition(StepDefinition[_P, _T]):
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> AsyncFunctionStep[_T]:
         """Bind the arguments: the returned step awaits ``fn(*args, **kwargs)`` when executed."""
         fn = self.fn
-        return AsyncFunctionStep(
-            lambda: fn(*args, **kwargs), self.undo, name=_call_name(self, args)
-        )
+        return AsyncFunctionStep(lambda: fn(*args, **kwargs), self.undo, name=self.__qualname__)
 
 
 @overload
