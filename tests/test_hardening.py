@@ -285,3 +285,30 @@ def test_ctrl_c_while_a_group_runs_starts_no_more_members_and_rollback_undoes_th
     q.rollback()
     undone = [line.split()[1] for line in log if line.startswith("rollback")]
     assert undone == [*reversed(started), "before"]
+
+
+def test_a_listener_given_to_the_queue_and_globally_hears_each_event_once() -> None:
+    import actionqueues
+
+    heard: list[str] = []
+
+    class Ear(actionqueues.BaseListener):
+        def on_action_started(self, event: actionqueues.ActionStarted) -> None:
+            heard.append("started")
+
+    ear = Ear()
+    actionqueues.add_listener(ear)
+    try:
+        q = ActionQueue(listeners=[ear, ear])
+        q.add(Action())
+        q.execute()
+    finally:
+        actionqueues.remove_listener(ear)
+    assert heard == ["started"]
+
+
+def test_a_single_listener_instead_of_a_list_gets_a_clear_error() -> None:
+    import actionqueues
+
+    with pytest.raises(TypeError, match=r"write listeners=\[your_listener\]"):
+        ActionQueue(listeners=actionqueues.BaseListener())  # type: ignore[arg-type]

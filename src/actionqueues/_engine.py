@@ -311,7 +311,12 @@ class QueueCore:
             self._retry = retry
             self._rollback_retry = rollback_retry
             self._general = True
-        own = tuple(listeners)
+        if not isinstance(listeners, Iterable) or hasattr(listeners, "on_queue_started"):
+            raise TypeError(
+                f"listeners must be a list of listeners, got {listeners!r}; "
+                f"write listeners=[your_listener]"
+            )
+        own = tuple({id(x): x for x in listeners}.values())  # each listener once, in order
         for listener in own:
             _check_listener(listener)
         self._listeners = own

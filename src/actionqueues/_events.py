@@ -366,7 +366,9 @@ def _check_listener(listener: object) -> None:
 
 def active_listeners(own: tuple[Listener, ...]) -> tuple[Listener, ...]:
     """The listeners one run reports to: the queue's, the global ones, and logging."""
-    listeners = own + tuple(_GLOBAL_LISTENERS) if _GLOBAL_LISTENERS else own
+    listeners = own
+    if _GLOBAL_LISTENERS:  # a listener given to the queue and globally hears each event once
+        listeners += tuple(g for g in _GLOBAL_LISTENERS if g not in own)
     if logger.isEnabledFor(logging.DEBUG):
         listeners += (_LOGGING_LISTENER,)
     return listeners
