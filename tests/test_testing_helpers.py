@@ -103,7 +103,7 @@ def test_fake_clock_refuses_to_move_back_or_by_a_non_finite_amount(seconds: floa
 
 def test_recording_sleep_records_and_returns_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     def real_sleep(seconds: float) -> None:
-        pytest.fail(f"time.sleep({seconds}) was called")
+        pytest.fail(f"the real sleep was called with {seconds}")
 
     monkeypatch.setattr(time, "sleep", real_sleep)
     sleep = RecordingSleep()
@@ -197,7 +197,7 @@ def forbid_real_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``time.sleep`` and ``asyncio.sleep`` fail the test if anything calls them."""
 
     def sync_sleep(seconds: float) -> None:
-        pytest.fail(f"time.sleep({seconds!r}) was called")
+        pytest.fail(f"the real sleep was called with {seconds!r}")
 
     async def async_sleep(seconds: float, result: object = None) -> object:
         pytest.fail(f"asyncio.sleep({seconds!r}) was called")
