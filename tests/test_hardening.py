@@ -55,16 +55,19 @@ def test_rollback_stopped_by_keyboard_interrupt_resumes_with_the_interrupted_ste
 ) -> None:
     log: list[str] = []
     q = ActionQueue(listeners=[Listening()] if path == "general" else ())
-    q.add(Step(log, "a"))
-    q.add(Step(log, "b", rollback_error=KeyboardInterrupt()))
-    q.add(Step(log, "c"))
+    a = q.add(Step(log, "a"))
+    b = q.add(Step(log, "b", rollback_error=KeyboardInterrupt()))
+    c = q.add(Step(log, "c", rollback_error=ValueError("c stays")))
+    d = q.add(Step(log, "d"))
     q.execute()
     with pytest.raises(KeyboardInterrupt):
         q.rollback()
     assert "was interrupted while rolling back" in repr(q)
     report = q.rollback()
-    assert log[3:] == ["rollback c", "rollback b", "rollback b", "rollback a"]
-    assert len(report.rolled_back) == 2
+    assert log[4:] == ["rollback d", "rollback c", "rollback b", "rollback b", "rollback a"]
+    # the report covers both calls: nothing rolled back or failed before the stop is lost
+    assert report.rolled_back == (d, b, a)
+    assert [(f.index, f.action) for f in report.failures] == [(2, c)]
     with pytest.raises(QueueStateError, match="has been rolled back"):
         q.rollback()
 
@@ -312,3 +315,54 @@ def test_a_single_listener_instead_of_a_list_gets_a_clear_error() -> None:
 
     with pytest.raises(TypeError, match=r"write listeners=\[your_listener\]"):
         ActionQueue(listeners=actionqueues.BaseListener())  # type: ignore[arg-type]
+
+
+def test_max_retries_counts_only_retries_the_action_asked_for() -> None:
+    script: list[BaseException] = [
+        ConnectionError("blip"),
+        ConnectionError("blip"),
+        ActionRetryException(0),
+        ActionRetryException(0),
+    ]
+
+    class Mixed(Action):
+        def execute(self) -> None:
+            if script:
+                raise script.pop(0)
+
+    q = ActionQueue(
+        sleep=lambda s: None,
+        max_retries=1,
+        retry=RetryPolicy(max_attempts=10, retry_on=ConnectionError),
+    )
+    q.add(Mixed())
+    with pytest.raises(RetryLimitExceeded, match="after 1 retry") as info:
+        q.execute()
+    assert info.value.retries == 1
+    assert len(info.value.actionqueues_attempts) == 3  # type: ignore[attr-defined]
+
+
+def test_a_sync_step_with_an_async_compensation_runs_in_the_async_queue() -> None:
+    from actionqueues import step
+
+    undone: list[int] = []
+
+    @step
+    def reserve(seat: int) -> int:
+        return seat
+
+    @reserve.compensate
+    async def release(seat: int) -> None:
+        undone.append(seat)
+
+    with pytest.raises(TypeError, match="async step"):
+        ActionQueue().add(reserve(1))
+
+    async def main() -> None:
+        q = AsyncActionQueue()
+        q.add(reserve(7))
+        await q.execute()
+        await q.rollback()
+
+    asyncio.run(main())
+    assert undone == [7]

@@ -252,8 +252,9 @@ class AsyncActionQueue(QueueCore):
                 if type(action) is ParallelGroup:
                     members = action.started[::-1]
                     if action.rollback_concurrently:
+                        limit = asyncio.Semaphore(action.max_workers)
                         errors = await asyncio.gather(
-                            *(self._rollback_step(index, m, listeners) for m in members)
+                            *(self._bounded_rollback(limit, index, m, listeners) for m in members)
                         )
                     else:
                         errors = [await self._rollback_step(index, m, listeners) for m in members]
@@ -262,9 +263,19 @@ class AsyncActionQueue(QueueCore):
                     outcomes = [(action, await self._rollback_step(index, action, listeners))]
                 self._record_rollbacks(listeners, index, outcomes, rolled_back, failures)
         except BaseException:
-            self._rollback_interrupted(index)
+            self._rollback_interrupted(index, rolled_back, failures)
             raise
         return self._rollback_done(listeners, rolled_back, failures)
+
+    async def _bounded_rollback(
+        self,
+        limit: asyncio.Semaphore,
+        index: int,
+        action: ActionLike,
+        listeners: tuple[Listener, ...],
+    ) -> BaseException | None:
+        async with limit:
+            return await self._rollback_step(index, action, listeners)
 
     async def _rollback_step(
         self, index: int, action: ActionLike, listeners: tuple[Listener, ...]

@@ -159,7 +159,17 @@ _NO_OPTIONS: dict[int, StepOptions] = {}  # shared, never written: most queues h
 class Retrier:
     """The retry decisions for one call sequence of one step's method."""
 
-    __slots__ = ("action", "attempt", "core", "history", "index", "listeners", "method", "start")
+    __slots__ = (
+        "action",
+        "attempt",
+        "core",
+        "history",
+        "index",
+        "listeners",
+        "method",
+        "requested",
+        "start",
+    )
 
     def __init__(
         self,
@@ -177,6 +187,7 @@ class Retrier:
         self.listeners = listeners
         self.start = start
         self.attempt = 1
+        self.requested = 0  # retries asked for with ActionRetryException (max_retries caps these)
         self.history: list[RetryScheduled] = []
 
     def after(self, error: BaseException) -> float:
@@ -196,8 +207,9 @@ class Retrier:
                 start = self.start = core._clock()
             elapsed = core._clock() - start
         if isinstance(error, ActionRetryException):
+            self.requested += 1
             limit = core._max_retries
-            if limit is not None and attempt > limit:
+            if limit is not None and self.requested > limit:
                 self._give_up(RetryLimitExceeded(self.action, self.method, limit), error)
             delay = float(error.ms_backoff) / 1000.0
             if policy is not None and not policy.allows(attempt, elapsed, delay):
@@ -261,6 +273,8 @@ class QueueCore:
     _options: dict[int, StepOptions] = _NO_OPTIONS
     _general = False  # True when a run needs the general loop (policies, groups, options)
     _interrupted = False  # a BaseException stopped rollback(); rollback() may resume
+    # (rolled back, failed) by rollback() runs that a BaseException interrupted
+    _carried: tuple[tuple[object, ...], tuple[RollbackFailure, ...]] = ((), ())
     _clock: Clock = time.monotonic
     _sleep: Any
     _runs_async = False  # True for drivers that await (they accept async steps)
@@ -632,7 +646,8 @@ class QueueCore:
         failures: list[RollbackFailure],
     ) -> RollbackReport:
         self._state = ROLLBACK_COMPLETE
-        report = new_report(tuple(rolled_back), tuple(failures))
+        done, failed = self._carried
+        report = new_report(done + tuple(rolled_back), failed + tuple(failures))
         if listeners:
             emit(listeners, "on_queue_rolled_back", QueueRolledBack(self, report))
         return report
@@ -643,11 +658,16 @@ class QueueCore:
             self._state == EXECUTE_COMPLETE or (self._state == EXECUTE and self._failed)
         )
 
-    def _rollback_interrupted(self, index: int) -> None:
+    def _rollback_interrupted(
+        self, index: int, rolled_back: Iterable[object], failures: Iterable[RollbackFailure]
+    ) -> None:
         """A BaseException escaped rollback() at step ``index``: let rollback() resume there.
 
         The interrupted step's rollback may have run in part, so it is tried again.
+        What was already rolled back, or failed, goes into the resumed run's report.
         """
+        done, failed = self._carried
+        self._carried = (done + tuple(rolled_back), failed + tuple(failures))
         self._started = index + 1
         self._state = EXECUTE
         self._failed = True

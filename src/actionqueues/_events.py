@@ -286,7 +286,7 @@ class LoggingListener(BaseListener):
     The queue adds it by itself whenever that logger is enabled for DEBUG.
     Retries (WARNING) and failed rollbacks (ERROR) are logged by the queue
     whether or not this listener runs. Each record carries structured fields
-    in ``extra``: ``aq_event``, and ``aq_step``/``aq_action`` where they apply.
+    in ``extra``: ``aq_event``, and ``aq_step`` where it applies.
     """
 
     def _debug(self, event: str, message: str, *args: object, step: int | None = None) -> None:

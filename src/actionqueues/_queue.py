@@ -52,6 +52,16 @@ def _finish(pool: ThreadPoolExecutor, futures: list[Future[Any]], *, start_more:
         raise interrupted
 
 
+def _split(
+    newest_first: list[ActionLike], lowest: int, failed: list[RollbackFailure]
+) -> tuple[tuple[object, ...], tuple[RollbackFailure, ...]]:
+    """Rolled-back actions and failures of steps ``lowest`` and up, given newest first."""
+    failed_at = {f.index for f in failed}
+    top = lowest + len(newest_first) - 1
+    rolled_back = tuple(a for i, a in enumerate(newest_first) if top - i not in failed_at)
+    return rolled_back, tuple(failed)
+
+
 def _wait_all(futures: list[Future[Any]]) -> None:
     # Not concurrent.futures.wait(): it never returns for a future cancelled by
     # shutdown(cancel_futures=True), whose state stays CANCELLED.
@@ -320,15 +330,15 @@ class ActionQueue(QueueCore):
                         failed = []
                     failed.append(self._rollback_failed(index, action, error))
         except BaseException:
-            self._rollback_interrupted(index)
+            done = started[: len(started) - 1 - index]  # the steps after `index`, newest first
+            self._rollback_interrupted(index, *_split(done, index + 1, failed or []))
             raise
         self._state = ROLLBACK_COMPLETE
-        if failed is None:
+        if failed is None and self._carried == ((), ()):
             return new_report(tuple(started), ())
-        failed_at = {f.index for f in failed}
-        top = len(started) - 1
-        rolled_back = tuple(a for i, a in enumerate(started) if top - i not in failed_at)
-        return new_report(rolled_back, tuple(failed))
+        rolled_back, failures = _split(started, 0, failed or [])
+        done_before, failed_before = self._carried
+        return new_report(done_before + rolled_back, failed_before + failures)
 
     def _rollback_general(self, listeners: tuple[Listener, ...]) -> RollbackReport:
         actions = self._actions
@@ -345,7 +355,7 @@ class ActionQueue(QueueCore):
                     outcomes = [(action, self._rollback_step(index, action, listeners, legacy))]
                 self._record_rollbacks(listeners, index, outcomes, rolled_back, failures)
         except BaseException:
-            self._rollback_interrupted(index)
+            self._rollback_interrupted(index, rolled_back, failures)
             raise
         return self._rollback_done(listeners, rolled_back, failures)
 

@@ -38,7 +38,7 @@ class FunctionStep(Generic[_T]):
 
     Attributes:
         result: What ``do()`` returned (None until it did).
-        done: Whether ``do()`` returned.
+        done: Whether ``do()`` returned and ``undo`` has not run since.
     """
 
     __slots__ = ("do", "done", "name", "result", "undo")
@@ -145,8 +145,10 @@ class StepDefinition(Generic[_P, _T]):
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> FunctionStep[_T]:
         """Bind the arguments: the returned step calls ``fn(*args, **kwargs)`` when executed."""
-        fn = self.fn
-        return FunctionStep(lambda: fn(*args, **kwargs), self.undo, name=self.__qualname__)
+        fn, undo = self.fn, self.undo
+        # A sync step with an async compensation needs the async queue to await it.
+        kind = AsyncFunctionStep if inspect.iscoroutinefunction(undo) else FunctionStep
+        return kind(lambda: fn(*args, **kwargs), undo, name=self.__qualname__)
 
     def __repr__(self) -> str:
         return f"<step {self.__qualname__}>"
