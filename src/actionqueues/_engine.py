@@ -153,6 +153,7 @@ class StepOptions:
         self.timeout = timeout
 
 
+NOTHING_CARRIED: tuple[tuple[object, ...], tuple[RollbackFailure, ...]] = ((), ())
 _NO_OPTIONS: dict[int, StepOptions] = {}  # shared, never written: most queues have no options
 
 
@@ -274,7 +275,7 @@ class QueueCore:
     _general = False  # True when a run needs the general loop (policies, groups, options)
     _interrupted = False  # a BaseException stopped rollback(); rollback() may resume
     # (rolled back, failed) by rollback() runs that a BaseException interrupted
-    _carried: tuple[tuple[object, ...], tuple[RollbackFailure, ...]] = ((), ())
+    _carried: tuple[tuple[object, ...], tuple[RollbackFailure, ...]] = NOTHING_CARRIED
     _clock: Clock = time.monotonic
     _sleep: Any
     _runs_async = False  # True for drivers that await (they accept async steps)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from ._action import ActionLike
 from ._engine import (
     EXECUTE_COMPLETE,
+    NOTHING_CARRIED,
     ROLLBACK_COMPLETE,
     QueueCore,
     Retrier,
@@ -334,7 +335,7 @@ class ActionQueue(QueueCore):
             self._rollback_interrupted(index, *_split(done, index + 1, failed or []))
             raise
         self._state = ROLLBACK_COMPLETE
-        if failed is None and self._carried == ((), ()):
+        if failed is None and self._carried is NOTHING_CARRIED:
             return new_report(tuple(started), ())
         rolled_back, failures = _split(started, 0, failed or [])
         done_before, failed_before = self._carried
