@@ -200,7 +200,7 @@ class AsyncActionQueue(QueueCore):
         if errors:
             raise errors[min(errors)]
         for task in tasks:
-            if task.cancelled():  # pragma: no cover - only when cancelled from outside
+            if task.cancelled():  # pragma: no cover - cancelled from outside, or a member raised it
                 raise asyncio.CancelledError
 
     # -- rollback -----------------------------------------------------------
