@@ -39,38 +39,6 @@ def run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     return asyncio.run(main())
 
 
-class AsyncStep:
-    """An action with ``async def`` methods that logs its calls and follows a script."""
-
-    def __init__(
-        self,
-        log: list[str],
-        name: str,
-        *,
-        execute_errors: Iterable[BaseException] = (),
-        rollback_errors: Iterable[BaseException] = (),
-    ) -> None:
-        self.log = log
-        self.name = name
-        self.execute_errors = list(execute_errors)
-        self.rollback_errors = list(rollback_errors)
-        self.execute_calls = 0
-
-    async def execute(self) -> None:
-        self.execute_calls += 1
-        self.log.append(f"execute {self.name}")
-        if self.execute_errors:
-            raise self.execute_errors.pop(0)
-
-    async def rollback(self) -> None:
-        self.log.append(f"rollback {self.name}")
-        if self.rollback_errors:
-            raise self.rollback_errors.pop(0)
-
-    def __repr__(self) -> str:
-        return f"AsyncStep({self.name!r})"
-
-
 class SyncStep(Action):
     """A plain action (sync methods) that logs its calls and follows a script."""
 
@@ -99,6 +67,31 @@ class SyncStep(Action):
 
     def __repr__(self) -> str:
         return f"SyncStep({self.name!r})"
+
+
+class AsyncStep(SyncStep):
+    """The same script as SyncStep, with ``async def`` methods."""
+
+    def __init__(
+        self,
+        log: list[str],
+        name: str,
+        *,
+        execute_errors: Iterable[BaseException] = (),
+        rollback_errors: Iterable[BaseException] = (),
+    ) -> None:
+        super().__init__(log, name, execute_errors=execute_errors, rollback_errors=rollback_errors)
+        self.execute_calls = 0
+
+    async def execute(self) -> None:  # type: ignore[override]
+        self.execute_calls += 1
+        SyncStep.execute(self)
+
+    async def rollback(self) -> None:  # type: ignore[override]
+        SyncStep.rollback(self)
+
+    def __repr__(self) -> str:
+        return f"AsyncStep({self.name!r})"
 
 
 class Hanging:
