@@ -483,7 +483,7 @@ def test_sync_queue_refuses_an_async_step_at_add() -> None:
         return seat
 
     q = ActionQueue()
-    with pytest.raises(TypeError, match="async step: it needs AsyncActionQueue"):
+    with pytest.raises(TypeError, match="is an async step"):
         q.add(reserve(3))
     with pytest.raises(TypeError, match="async step"):  # refused every time, not cached
         q.add(reserve(4))

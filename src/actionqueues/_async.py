@@ -302,7 +302,7 @@ class AsyncActionQueue(QueueCore):
         tb: TracebackType | None,
     ) -> None:
         """Roll back if the block raised after ``execute()`` started; never hide the error."""
-        if exc is not None and self._should_roll_back_on_exit(exc):
+        if exc is not None and self._should_roll_back_on_exit():
             _note_rollback(exc, await self.rollback())
 
 

@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NoReturn, TypeVar, overload
 
 from ._action import ActionLike
@@ -52,6 +52,7 @@ from ._steps import (
     ParallelGroup,
     StepDefinition,
     function_step,
+    refuse_awaitable,
 )
 
 __all__ = ["Clock", "SleepFn", "logger"]
@@ -454,13 +455,8 @@ class QueueCore:
         """
         if self._state > ADD:
             raise self._refused("add")
-        if action.__class__ not in _ACTION_CLASSES:
+        if undo is not None or action.__class__ not in _ACTION_CLASSES:
             action = self._admit(action, undo)
-        elif undo is not None:
-            raise TypeError(
-                f"undo= is for function steps; {action!r} is an action, "
-                f"its rollback() is the compensation"
-            )
         if retry is not None or rollback_retry is not None or timeout is not None:
             self._set_options(len(self._actions), action, retry, rollback_retry, timeout)
         self._actions.append(action)
@@ -479,15 +475,22 @@ class QueueCore:
                     f"undo= is for function steps; {action!r} is an action, "
                     f"its rollback() is the compensation"
                 )
-            if isinstance(action, AsyncFunctionStep) and not self._runs_async:
-                raise TypeError(
-                    f"{action!r} is an async step: it needs AsyncActionQueue (await q.execute())"
-                )
             if isinstance(action, ParallelGroup):
                 raise TypeError(
                     f"{action!r} cannot be added with add(): use queue.add_group(actions, ...)"
                 )
-            return action
+            step = action
+        else:
+            step = self._function_step(self._callable_or_refuse(action), undo)
+        if isinstance(step, AsyncFunctionStep) and not self._runs_async:
+            raise TypeError(
+                f"{step!r} is an async step (a coroutine function: async steps need "
+                f"AsyncActionQueue, run with await q.execute())"
+            )
+        return step
+
+    @staticmethod
+    def _callable_or_refuse(action: Any) -> Callable[[], Any]:
         if not callable(action):
             raise TypeError(
                 f"cannot add {action!r} to an action queue: an action needs callable "
@@ -499,7 +502,7 @@ class QueueCore:
                 f"{action!r} is a step definition: call it with its arguments, "
                 f"e.g. q.add({action.__name__}(...))"
             )
-        return self._function_step(action, undo)
+        return action  # type: ignore[no-any-return]
 
     def _function_step(self, do: Callable[[], Any], undo: Callable[[Any], object] | None) -> Any:
         return function_step(do, undo)
@@ -643,8 +646,8 @@ class QueueCore:
     def _rollback_done(
         self,
         listeners: tuple[Listener, ...],
-        rolled_back: list[object],
-        failures: list[RollbackFailure],
+        rolled_back: Sequence[object],
+        failures: Sequence[RollbackFailure],
     ) -> RollbackReport:
         self._state = ROLLBACK_COMPLETE
         done, failed = self._carried
@@ -653,11 +656,9 @@ class QueueCore:
             emit(listeners, "on_queue_rolled_back", QueueRolledBack(self, report))
         return report
 
-    def _should_roll_back_on_exit(self, error: BaseException | None) -> bool:
-        """Whether a ``with`` block that ends with ``error`` must roll back."""
-        return error is not None and (
-            self._state == EXECUTE_COMPLETE or (self._state == EXECUTE and self._failed)
-        )
+    def _should_roll_back_on_exit(self) -> bool:
+        """Whether a ``with`` block that raised must roll back: execute() has started."""
+        return self._state == EXECUTE_COMPLETE or (self._state == EXECUTE and self._failed)
 
     def _rollback_interrupted(
         self, index: int, rolled_back: Iterable[object], failures: Iterable[RollbackFailure]
@@ -723,11 +724,5 @@ class QueueCore:
 
     def _check_sync_result(self, result: object, action: object, method: str) -> None:
         """Refuse an awaitable returned by an action run in a sync queue."""
-        close = getattr(result, "close", None)
         if hasattr(result, "__await__"):
-            if callable(close):
-                close()  # avoid "coroutine was never awaited"
-            raise TypeError(
-                f"{method}() of {action!r} returned an awaitable: async actions need "
-                f"AsyncActionQueue (await q.execute())"
-            )
+            refuse_awaitable(result, f"{method}() of {action!r}", "actions")

@@ -26,7 +26,7 @@ from ._events import (
     Method,
 )
 from ._report import RollbackFailure, RollbackReport, new_report
-from ._steps import AsyncFunctionStep, ParallelGroup
+from ._steps import ParallelGroup
 
 __all__ = ["ActionQueue"]
 
@@ -132,14 +132,6 @@ class ActionQueue(QueueCore):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._legacy_retries = cls.execute_with_retries is not ActionQueue.execute_with_retries
-
-    def _function_step(self, do: Callable[[], Any], undo: Callable[[Any], object] | None) -> Any:
-        step = super()._function_step(do, undo)
-        if isinstance(step, AsyncFunctionStep):
-            raise TypeError(
-                f"{do!r} (or its undo) is a coroutine function: async steps need AsyncActionQueue"
-            )
-        return step
 
     def _set_options(
         self, index: int, action: object, retry: Any, rollback_retry: Any, timeout: Any
@@ -334,12 +326,10 @@ class ActionQueue(QueueCore):
             done = started[: len(started) - 1 - index]  # the steps after `index`, newest first
             self._rollback_interrupted(index, *_split(done, index + 1, failed or []))
             raise
-        self._state = ROLLBACK_COMPLETE
         if failed is None and self._carried is NOTHING_CARRIED:
+            self._state = ROLLBACK_COMPLETE
             return new_report(tuple(started), ())
-        rolled_back, failures = _split(started, 0, failed or [])
-        done_before, failed_before = self._carried
-        return new_report(done_before + rolled_back, failed_before + failures)
+        return self._rollback_done((), *_split(started, 0, failed or []))
 
     def _rollback_general(self, listeners: tuple[Listener, ...]) -> RollbackReport:
         actions = self._actions
@@ -408,7 +398,7 @@ class ActionQueue(QueueCore):
         tb: TracebackType | None,
     ) -> None:
         """Roll back if the block raised after ``execute()`` started; never hide the error."""
-        if exc is not None and self._should_roll_back_on_exit(exc):
+        if exc is not None and self._should_roll_back_on_exit():
             _note_rollback(exc, self.rollback())
 
     # -- 0.8.2 ---------------------------------------------------------------

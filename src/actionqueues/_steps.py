@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, overload
 
 from ._action import ActionLike
 
@@ -60,7 +60,7 @@ class FunctionStep(Generic[_T]):
         """Call ``do()`` and keep its result for the rollback."""
         result = self.do()
         if inspect.isawaitable(result):
-            _refuse_awaitable(result, self.do)
+            refuse_awaitable(result, _name(self.do), "steps")
         self.result = result
         self.done = True
 
@@ -69,7 +69,7 @@ class FunctionStep(Generic[_T]):
         if self.done and self.undo is not None:
             outcome = self.undo(self.result)  # type: ignore[arg-type]
             if inspect.isawaitable(outcome):
-                _refuse_awaitable(outcome, self.undo)
+                refuse_awaitable(outcome, _name(self.undo), "steps")
             self.done = False
 
     def __repr__(self) -> str:
@@ -77,12 +77,13 @@ class FunctionStep(Generic[_T]):
         return f"<{type(self).__name__} {self.name} undo={undo}>"
 
 
-def _refuse_awaitable(awaitable: object, fn: object) -> None:
+def refuse_awaitable(awaitable: object, what: str, kind: str) -> NoReturn:
+    """Close ``awaitable`` (no "never awaited" warning) and explain the sync queue's refusal."""
     close = getattr(awaitable, "close", None)
     if callable(close):
-        close()  # avoid "coroutine was never awaited"
+        close()
     raise TypeError(
-        f"{_name(fn)} returned an awaitable: async steps need AsyncActionQueue (await q.execute())"
+        f"{what} returned an awaitable: async {kind} need AsyncActionQueue (await q.execute())"
     )
 
 
