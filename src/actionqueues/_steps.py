@@ -112,15 +112,15 @@ class AsyncFunctionStep(FunctionStep[_T]):
             self.done = False
 
 
-def function_step(do: Callable[[], Any], undo: Callable[[Any], object] | None) -> FunctionStep[Any]:
-    """Wrap ``do``/``undo`` in the right step class, checking both are callable."""
-    if not callable(do):
-        raise TypeError(f"cannot add {do!r}: expected an action or a function to call")
+def function_step(
+    do: Callable[[], Any], undo: Callable[[Any], object] | None, *, name: str | None = None
+) -> FunctionStep[Any]:
+    """Wrap ``do``/``undo`` in the step class that can run them (async if either is)."""
     if undo is not None and not callable(undo):
         raise TypeError(f"undo= must be a function taking the step's result, got {undo!r}")
     if inspect.iscoroutinefunction(do) or inspect.iscoroutinefunction(undo):
-        return AsyncFunctionStep(do, undo)
-    return FunctionStep(do, undo)
+        return AsyncFunctionStep(do, undo, name=name)
+    return FunctionStep(do, undo, name=name)
 
 
 class StepDefinition(Generic[_P, _T]):
@@ -146,24 +146,21 @@ class StepDefinition(Generic[_P, _T]):
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> FunctionStep[_T]:
         """Bind the arguments: the returned step calls ``fn(*args, **kwargs)`` when executed."""
-        fn, undo = self.fn, self.undo
-        # A sync step with an async compensation needs the async queue to await it.
-        kind = AsyncFunctionStep if inspect.iscoroutinefunction(undo) else FunctionStep
-        return kind(lambda: fn(*args, **kwargs), undo, name=self.__qualname__)
+        fn = self.fn
+        return function_step(lambda: fn(*args, **kwargs), self.undo, name=self.__qualname__)
 
     def __repr__(self) -> str:
         return f"<step {self.__qualname__}>"
 
 
 class AsyncStepDefinition(StepDefinition[_P, _T]):
-    """A coroutine function declared with :func:`step` (for :class:`AsyncActionQueue`)."""
+    """A coroutine function declared with :func:`step` (for :class:`AsyncActionQueue`).
+
+    Its compensation, registered with ``@definition.compensate``, may be sync or async.
+    """
 
     def __init__(self, fn: Callable[_P, Awaitable[_T]]) -> None:
         super().__init__(fn)  # type: ignore[arg-type]
-
-    def compensate(self, undo: Callable[[_T], object]) -> Callable[[_T], object]:
-        """Decorator: register ``undo`` (sync or async) as this step's compensation."""
-        return super().compensate(undo)
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> AsyncFunctionStep[_T]:
         """Bind the arguments: the returned step awaits ``fn(*args, **kwargs)`` when executed."""

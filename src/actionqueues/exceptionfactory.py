@@ -61,8 +61,7 @@ class DoublingBackoffExceptionFactory:
     """
 
     def __init__(self, retries: int = 3, ms_backoff_initial: float = 500) -> None:
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        _check_retries(retries)
         ActionRetryException(ms_backoff_initial)  # validates the backoff the same way
         if retries and ms_backoff_initial and math.log2(ms_backoff_initial) + retries - 1 >= 1024:
             raise ValueError(
@@ -85,9 +84,7 @@ class DoublingBackoffExceptionFactory:
             self._executed_retries += 1
             self._ms_backoff = backoff * 2
             raise ActionRetryException(backoff)
-        if original_exception is not None:
-            raise original_exception
-        raise Exception(f"gave up after {self._max_retries} retries")
+        _give_up(original_exception, self._max_retries)
 
 
 class FixedBackoffExceptionFactory:
