@@ -19,6 +19,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.installed
 	$(BIN)/actionqueues demo
+	$(BIN)/actionqueues demo --crash
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

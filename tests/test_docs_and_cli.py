@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -27,19 +28,21 @@ def run_example(source: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, list
     sleeps: list[float] = []
     monkeypatch.setattr(time, "sleep", sleeps.append)
     out = io.StringIO()
+    module = types.ModuleType("readme_example")  # dataclasses look their module up
+    monkeypatch.setitem(sys.modules, "readme_example", module)
     with redirect_stdout(out):
-        exec(compile(source, str(README), "exec"), {"__name__": "readme_example"})
+        exec(compile(source, str(README), "exec"), module.__dict__)
     return out.getvalue(), sleeps
 
 
 def test_readme_has_the_expected_examples() -> None:
-    assert len(readme_examples()) == 11
+    assert len(readme_examples()) == 12
 
 
 @pytest.mark.parametrize(
     "position",
-    range(2, 9),
-    ids=["policies", "async", "function-steps", "groups", "events", "otel", "testing"],
+    range(2, 10),
+    ids=["policies", "async", "function-steps", "groups", "events", "otel", "testing", "durable"],
 )
 def test_readme_feature_examples_run_and_check_themselves(
     position: int, monkeypatch: pytest.MonkeyPatch

@@ -9,6 +9,7 @@ in reverse order.
 
 from ._action import Action, ActionLike
 from ._async import AsyncActionQueue
+from ._durable import StepContext, current_step
 from ._errors import (
     ActionQueuesError,
     ActionRetryException,
@@ -34,8 +35,21 @@ from ._events import (
     add_listener,
     remove_listener,
 )
+from ._journal import (
+    Journal,
+    JournalError,
+    LeaseLost,
+    RunEvent,
+    RunInfo,
+    RunTimeline,
+    StepRecord,
+    default_journal_url,
+    open_journal,
+)
 from ._policy import RetryPolicy
 from ._queue import ActionQueue
+from ._recovery import RecoveredRun, RecoveryReport, recover, retry_rollback
+from ._registry import UnknownActionType, register_action
 from ._report import RollbackFailure, RollbackReport
 from ._steps import (
     AsyncFunctionStep,
@@ -70,6 +84,9 @@ __all__ = [
     "ExponentialBackoffExceptionFactory",
     "FixedBackoffExceptionFactory",
     "FunctionStep",
+    "Journal",
+    "JournalError",
+    "LeaseLost",
     "Listener",
     "LoggingListener",
     "ParallelGroup",
@@ -77,6 +94,8 @@ __all__ = [
     "QueueRolledBack",
     "QueueStarted",
     "QueueStateError",
+    "RecoveredRun",
+    "RecoveryReport",
     "RetryLimitExceeded",
     "RetryPolicy",
     "RetryScheduled",
@@ -86,9 +105,21 @@ __all__ = [
     "RollbackReport",
     "RollbackStarted",
     "RollbackSucceeded",
+    "RunEvent",
+    "RunInfo",
+    "RunTimeline",
+    "StepContext",
     "StepDefinition",
+    "StepRecord",
+    "UnknownActionType",
     "__version__",
     "add_listener",
+    "current_step",
+    "default_journal_url",
+    "open_journal",
+    "recover",
+    "register_action",
     "remove_listener",
+    "retry_rollback",
     "step",
 ]

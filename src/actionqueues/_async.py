@@ -60,6 +60,9 @@ class AsyncActionQueue(QueueCore):
 
     It takes the same arguments as :class:`ActionQueue`; ``sleep`` may be a
     plain or an async function.
+    With a SQLite ``journal``, each journal commit is made from the event
+    loop's thread and blocks it for the commit's duration (about one disk
+    flush per step).
 
     Example:
         >>> import asyncio
@@ -117,7 +120,8 @@ class AsyncActionQueue(QueueCore):
         listeners = self._listeners_now()
         began = self._run_started(listeners, len(actions))
         try:
-            for index, action in enumerate(actions):
+            for index in range(self._first, len(actions)):
+                action = actions[index]
                 self._started = index + 1
                 if type(action) is ParallelGroup:
                     await self._execute_group(index, action, listeners)
@@ -168,7 +172,7 @@ class AsyncActionQueue(QueueCore):
             except BaseException as exc:
                 error = exc
                 continue
-            return 1 if retrier is None else retrier.attempt
+            return 1 if retrier is None else retrier.attempt - retrier.base
 
     async def _execute_group(
         self, index: int, group: ParallelGroup, listeners: tuple[Listener, ...]
@@ -247,7 +251,10 @@ class AsyncActionQueue(QueueCore):
         failures: list[RollbackFailure] = []
         index = self._started
         try:
+            skip = self._skip
             for index in range(self._started - 1, -1, -1):
+                if skip and index in skip:
+                    continue
                 action = actions[index]
                 if type(action) is ParallelGroup:
                     members = action.started[::-1]

@@ -22,9 +22,10 @@ import math
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 from ._action import ActionLike
+from ._durable import RunRecorder
 from ._errors import ActionRetryException, QueueStateError, RetryLimitExceeded
 from ._events import (
     _GLOBAL_LISTENERS,
@@ -44,7 +45,9 @@ from ._events import (
     active_listeners,
     emit,
 )
+from ._journal import Journal as _Journal
 from ._policy import RetryPolicy
+from ._registry import dump_state, require_name
 from ._report import RollbackFailure, RollbackReport, new_report
 from ._steps import (
     AsyncFunctionStep,
@@ -64,6 +67,9 @@ _debug_enabled = logger.isEnabledFor
 SleepFn = Callable[[float], object]
 #: A function returning the current time in seconds, like :func:`time.monotonic`.
 Clock = Callable[[], float]
+
+if TYPE_CHECKING:
+    from ._journal import Journal
 
 _A = TypeVar("_A", bound=ActionLike)
 _T = TypeVar("_T")
@@ -164,6 +170,7 @@ class Retrier:
     __slots__ = (
         "action",
         "attempt",
+        "base",
         "core",
         "history",
         "index",
@@ -189,6 +196,13 @@ class Retrier:
         self.listeners = listeners
         self.start = start
         self.attempt = 1
+        self.base = 0  # calls made before this process took over (a recovered run)
+        recorder = core._recorder
+        if recorder is not None:  # a journaled run: count the attempts made before a crash
+            self.attempt, seeded = recorder.seed(index, method, core._clock())
+            self.base = self.attempt - 1
+            if seeded is not None:
+                self.start = seeded
         self.requested = 0  # retries asked for with ActionRetryException (max_retries caps these)
         self.history: list[RetryScheduled] = []
 
@@ -241,6 +255,8 @@ class Retrier:
         )
         if self.listeners:
             emit(self.listeners, "on_retry_scheduled", event)
+        if core._recorder is not None:
+            core._recorder.retry_scheduled(self.index, self.method, attempt, delay, error)
         self.attempt = attempt + 1
         return delay
 
@@ -280,6 +296,9 @@ class QueueCore:
     _clock: Clock = time.monotonic
     _sleep: Any
     _runs_async = False  # True for drivers that await (they accept async steps)
+    _recorder: RunRecorder | None = None  # the journal's recorder of this run, if journaled
+    _first = 0  # the step execute() starts at (recovery resumes a run part-way)
+    _skip: frozenset[int] = frozenset()  # steps rollback() leaves alone (recovery)
 
     def __init__(
         self,
@@ -290,6 +309,9 @@ class QueueCore:
         rollback_retry: RetryPolicy | None = None,
         listeners: Iterable[Listener] = (),
         clock: Clock | None = None,
+        journal: Journal | None = None,
+        name: str | None = None,
+        resumable: bool = False,
     ) -> None:
         self._actions: list[ActionLike] = []
         self._state = INIT  # an instance attribute reads faster in add()
@@ -299,9 +321,14 @@ class QueueCore:
             and retry is None
             and rollback_retry is None
             and clock is None
+            and journal is None
             and not listeners
         ):
+            if name is not None or resumable:
+                self._journal_options(journal, name, resumable)
             return
+        if journal is not None or name is not None or resumable:
+            self._journal_options(journal, name, resumable)
         if sleep is not None:
             if not callable(sleep):
                 raise TypeError(
@@ -336,6 +363,47 @@ class QueueCore:
         for listener in own:
             _check_listener(listener)
         self._listeners = own
+
+    def _journal_options(self, journal: Journal | None, name: str | None, resumable: bool) -> None:
+        if journal is None:
+            raise TypeError(
+                "name= and resumable= describe a journaled run: pass journal=open_journal(url) too"
+            )
+        if not isinstance(journal, _Journal):
+            raise TypeError(
+                f"journal must be a Journal, got {journal!r}: open it once with "
+                f"actionqueues.open_journal('sqlite:///runs.db') and share it between queues"
+            )
+        if name is None:
+            name = type(self).__name__
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise ValueError(f"name must be a non-empty string (the run's name), got {name!r}")
+        kind = "async" if self._runs_async else "sync"
+        self._recorder = RunRecorder(journal, name, kind, bool(resumable))
+        self._general = True
+        self.add = self._add_journaled  # type: ignore[method-assign]
+
+    def _add_journaled(self, action: Any, *args: Any, **kwargs: Any) -> Any:
+        step = QueueCore.add(self, action, *args, **kwargs)
+        try:  # refuse what the journal could not record, before anything runs
+            require_name(step, len(self._actions) - 1)
+            dump_state(step, len(self._actions) - 1)
+        except TypeError:
+            self._actions.pop()
+            if self._options:
+                self._options.pop(len(self._actions), None)
+            raise
+        return step
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of this queue's run in its journal (None without a journal)."""
+        return None if self._recorder is None else self._recorder.run_id
+
+    @property
+    def journal(self) -> Journal | None:
+        """The journal this queue records its run in, if any."""
+        return None if self._recorder is None else self._recorder.journal
 
     # -- introspection --------------------------------------------------
 
@@ -547,6 +615,11 @@ class QueueCore:
         """
         if self._state > ADD:
             raise self._refused("add_group")
+        if self._recorder is not None:
+            raise TypeError(
+                "parallel groups cannot be journaled yet: add the actions one by one to a "
+                "journaled queue, or run the group in a queue without a journal"
+            )
         members: list[ActionLike] = [self._admit(member, None) for member in actions]
         if not members:
             raise ValueError("a parallel group needs at least one action")
@@ -574,6 +647,12 @@ class QueueCore:
     # -- reporting (shared by the drivers' general loops) ------------------
 
     def _run_started(self, listeners: tuple[Listener, ...], steps: int) -> float:
+        if self._recorder is not None:
+            try:
+                self._recorder.run_started(self._actions)
+            except TypeError:  # a step's state became non-JSON after add(): nothing ran
+                self._state = ADD
+                raise
         if listeners:
             emit(listeners, "on_queue_started", QueueStarted(self, steps))
         return self._clock()
@@ -581,6 +660,13 @@ class QueueCore:
     def _run_finished(
         self, listeners: tuple[Listener, ...], began: float, error: BaseException | None
     ) -> None:
+        recorder = self._recorder
+        if recorder is not None:
+            try:
+                recorder.run_finished(error)
+            except BaseException:
+                self._failed = True  # the success could not be recorded: a failed run
+                raise
         if error is None:
             self._state = EXECUTE_COMPLETE
         else:
@@ -589,6 +675,12 @@ class QueueCore:
             emit(listeners, "on_queue_finished", QueueFinished(self, error, self._clock() - began))
 
     def _step_started(self, listeners: tuple[Listener, ...], index: int, action: object) -> float:
+        if self._recorder is not None:
+            try:
+                self._recorder.step_started(index, action)
+            except BaseException:
+                self._started = index  # not recorded, so not called: nothing to roll back
+                raise
         if listeners:
             emit(listeners, "on_action_started", ActionStarted(self, index, action))
         return self._clock()
@@ -601,6 +693,8 @@ class QueueCore:
         attempts: int,
         start: float,
     ) -> None:
+        if self._recorder is not None:
+            self._recorder.step_succeeded(index, action, attempts)
         if listeners:
             event = ActionSucceeded(self, index, action, attempts, self._clock() - start)
             emit(listeners, "on_action_succeeded", event)
@@ -608,6 +702,8 @@ class QueueCore:
     def _step_failed(
         self, listeners: tuple[Listener, ...], index: int, action: object, error: BaseException
     ) -> None:
+        if self._recorder is not None:
+            self._recorder.step_failed(index, action, error, _attempts_of(error))
         if listeners:
             event = ActionFailed(self, index, action, error, _attempts_of(error))
             emit(listeners, "on_action_failed", event)
@@ -615,12 +711,16 @@ class QueueCore:
     def _rollback_started(
         self, listeners: tuple[Listener, ...], index: int, action: object
     ) -> None:
+        if self._recorder is not None:
+            self._recorder.rollback_started(index, action)
         if listeners:
             emit(listeners, "on_rollback_started", RollbackStarted(self, index, action))
 
     def _rollback_succeeded(
         self, listeners: tuple[Listener, ...], index: int, action: object, attempts: int
     ) -> None:
+        if self._recorder is not None:
+            self._recorder.rollback_finished(index, action, None, attempts)
         if listeners:
             emit(
                 listeners, "on_rollback_succeeded", RollbackSucceeded(self, index, action, attempts)
@@ -650,6 +750,8 @@ class QueueCore:
         failures: Sequence[RollbackFailure],
     ) -> RollbackReport:
         self._state = ROLLBACK_COMPLETE
+        if self._recorder is not None:
+            self._recorder.rollback_done()
         done, failed = self._carried
         report = new_report(done + tuple(rolled_back), failed + tuple(failures))
         if listeners:
@@ -670,6 +772,8 @@ class QueueCore:
         """
         done, failed = self._carried
         self._carried = (done + tuple(rolled_back), failed + tuple(failures))
+        if self._recorder is not None:
+            self._recorder.rollback_interrupted()
         self._started = index + 1
         self._state = EXECUTE
         self._failed = True
@@ -707,6 +811,8 @@ class QueueCore:
         listeners: tuple[Listener, ...] = (),
         attempts: int = 1,
     ) -> RollbackFailure:
+        if self._recorder is not None:
+            self._recorder.rollback_finished(index, action, error, attempts)
         logger.error(
             "rollback of step %d (%r) failed; continuing with the earlier steps",
             index,

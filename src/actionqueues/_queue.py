@@ -103,6 +103,13 @@ class ActionQueue(QueueCore):
             queue (on top of the global ones, see :func:`add_listener`).
         clock: Returns the time in seconds (default :func:`time.monotonic`);
             used for deadlines and durations.
+        journal: A :class:`Journal` (from :func:`open_journal`) that records
+            the run durably, so that :func:`recover` can finish it if this
+            process dies. Every step must then be registered with
+            :func:`register_action`. None (the default): nothing is kept.
+        name: The run's name in the journal (default: the class name).
+        resumable: Whether recovery may resume the run forward instead of
+            rolling it back (its steps must then be safe to re-execute).
 
     Example:
         >>> from actionqueues import Action, ActionQueue
@@ -181,7 +188,8 @@ class ActionQueue(QueueCore):
         legacy = self._legacy_retries
         began = self._run_started(listeners, len(actions))
         try:
-            for index, action in enumerate(actions):
+            for index in range(self._first, len(actions)):
+                action = actions[index]
                 self._started = index + 1
                 if type(action) is ParallelGroup:
                     self._execute_group(index, action, listeners)
@@ -229,7 +237,7 @@ class ActionQueue(QueueCore):
                 continue
             if result is not None:
                 self._check_sync_result(result, action, method)
-            return 1 if retrier is None else retrier.attempt
+            return 1 if retrier is None else retrier.attempt - retrier.base
 
     def _execute_group(
         self, index: int, group: ParallelGroup, listeners: tuple[Listener, ...]
@@ -338,7 +346,10 @@ class ActionQueue(QueueCore):
         failures: list[RollbackFailure] = []
         index = self._started
         try:
+            skip = self._skip
             for index in range(self._started - 1, -1, -1):
+                if skip and index in skip:
+                    continue
                 action = actions[index]
                 if type(action) is ParallelGroup:
                     outcomes = self._rollback_group(index, action, listeners)

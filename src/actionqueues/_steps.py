@@ -41,7 +41,7 @@ class FunctionStep(Generic[_T]):
         done: Whether ``do()`` returned and ``undo`` has not run since.
     """
 
-    __slots__ = ("do", "done", "name", "result", "undo")
+    __slots__ = ("bound", "do", "done", "name", "result", "undo")
 
     def __init__(
         self,
@@ -55,6 +55,9 @@ class FunctionStep(Generic[_T]):
         self.name = name or _name(do)
         self.result: _T | None = None
         self.done = False
+        # (definition, args, kwargs) when made by calling a @step definition:
+        # what a journal saves to rebuild the step elsewhere.
+        self.bound: tuple[StepDefinition[Any, _T], tuple[Any, ...], dict[str, Any]] | None = None
 
     def execute(self) -> None:
         """Call ``do()`` and keep its result for the rollback."""
@@ -147,7 +150,9 @@ class StepDefinition(Generic[_P, _T]):
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> FunctionStep[_T]:
         """Bind the arguments: the returned step calls ``fn(*args, **kwargs)`` when executed."""
         fn = self.fn
-        return function_step(lambda: fn(*args, **kwargs), self.undo, name=self.__qualname__)
+        made = function_step(lambda: fn(*args, **kwargs), self.undo, name=self.__qualname__)
+        made.bound = (self, args, kwargs)
+        return made
 
     def __repr__(self) -> str:
         return f"<step {self.__qualname__}>"
@@ -165,7 +170,9 @@ class AsyncStepDefinition(StepDefinition[_P, _T]):
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> AsyncFunctionStep[_T]:
         """Bind the arguments: the returned step awaits ``fn(*args, **kwargs)`` when executed."""
         fn = self.fn
-        return AsyncFunctionStep(lambda: fn(*args, **kwargs), self.undo, name=self.__qualname__)
+        made = AsyncFunctionStep(lambda: fn(*args, **kwargs), self.undo, name=self.__qualname__)
+        made.bound = (self, args, kwargs)
+        return made
 
 
 @overload

@@ -7,6 +7,10 @@
   :class:`~actionqueues.AsyncActionQueue`.
 - :func:`no_backoff` turns every backoff sleep of every queue off while it is
   active: use it around code that builds its own queues.
+- :func:`inject_faults` calls your function at each named point of a
+  journaled run (:data:`FAULT_POINTS`, e.g. ``"after_execute"``: the action
+  ran, its result is not committed yet), so a test can crash the process
+  exactly there and check what recovery does.
 
 Example, with pytest::
 
@@ -34,12 +38,13 @@ a module of its own (under :func:`no_backoff` even an injected
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ._engine import switches
+from ._journal import FAULT_POINTS, set_fault_hook
 
-__all__ = ["FakeClock", "RecordingSleep", "no_backoff"]
+__all__ = ["FAULT_POINTS", "FakeClock", "RecordingSleep", "inject_faults", "no_backoff"]
 
 
 class FakeClock:
@@ -106,3 +111,26 @@ def no_backoff() -> Iterator[None]:
         yield
     finally:
         switches.sleep_off = previous
+
+
+@contextmanager
+def inject_faults(hook: Callable[[str], object]) -> Iterator[None]:
+    """Call ``hook(point)`` at every named fault point of journaled runs in this process.
+
+    The points are listed in :data:`FAULT_POINTS`; ``hook`` may raise, or
+    end the process (``os.kill(os.getpid(), signal.SIGKILL)``) to simulate a
+    crash at exactly that point. The previous hook is restored on exit.
+
+    Example:
+        >>> from actionqueues.testing import inject_faults
+        >>> seen: list[str] = []
+        >>> with inject_faults(seen.append):
+        ...     pass  # run a journaled queue here
+    """
+    if not callable(hook):
+        raise TypeError(f"inject_faults() needs a function taking the point's name, got {hook!r}")
+    previous = set_fault_hook(hook)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        set_fault_hook(previous)

@@ -1,0 +1,363 @@
+"""What a journaled queue writes, and when: one recorder per run.
+
+The recorder turns the engine's reporting hooks into journal commits:
+
+- the run and its steps are inserted together with the start of step 0;
+- the result of step k shares one commit with the start of step k+1, so a
+  happy run of N steps costs N+1 commits;
+- every retry commits its attempt count and the time of the next call;
+- each rollback is recorded as started before the action's ``rollback`` is
+  called, and its outcome is committed with the next rollback's start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._journal import Journal, JournalError, LeaseLost, Op, RunTimeline, fault, step_key
+from ._registry import dump_state, require_name
+
+__all__ = ["RunRecorder", "StepContext", "current_step"]
+
+logger = logging.getLogger("actionqueues")
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """The journaled step being called right now (see :func:`current_step`).
+
+    Attributes:
+        run_id: The run's id.
+        index: The step's position in the queue.
+        method: ``"execute"`` or ``"rollback"``.
+        idempotency_key: ``"<run_id>:<index>"``: the same for every call of
+            this step's ``execute`` and ``rollback``, in every process. Pass it
+            to the external system so that a call repeated after a crash is
+            applied once.
+    """
+
+    run_id: str
+    index: int
+    method: str
+    idempotency_key: str
+
+
+_CURRENT: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(
+    "actionqueues_current_step", default=None
+)
+
+
+def current_step() -> StepContext:
+    """The journaled step whose ``execute`` or ``rollback`` is running in this context.
+
+    Raises:
+        LookupError: no journaled step is running here (the queue has no
+            journal, or this is called outside ``execute``/``rollback``).
+    """
+    context = _CURRENT.get()
+    if context is None:
+        raise LookupError(
+            "current_step() is only available inside the execute() or rollback() of a step "
+            "of a journaled queue (ActionQueue(journal=...))"
+        )
+    return context
+
+
+def _error_text(error: BaseException) -> str:
+    text = f"{type(error).__module__}.{type(error).__qualname__}: {error}"
+    return text.removeprefix("builtins.")[:4000]
+
+
+class RunRecorder:
+    """Records one run of one queue in a journal."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        name: str,
+        kind: str,
+        resumable: bool,
+        run_id: str | None = None,
+        timeline: RunTimeline | None = None,
+    ) -> None:
+        self.journal = journal
+        self.name = name
+        self.kind = kind
+        self.resumable = resumable
+        self.run_id = run_id or str(uuid.uuid4())
+        self.created = timeline is not None
+        self.ops: list[Op] = []
+        self.run: dict[str, Any] = {}
+        self.create_rows: list[dict[str, Any]] | None = None
+        self.rolling_back = False
+        self.failed_rollbacks: set[int] = set()
+        self.writes_off = False  # a write failed while rolling back: leave the rest to recovery
+        # (attempts already made, Unix time of the first) per (index, method), from a journal
+        self.seeds: dict[tuple[int, str], tuple[int, float | None]] = {}
+        # retry_rollback(): the rollback policy's attempts and deadline start afresh
+        # (the journal's counts still add up every call)
+        self.fresh_rollbacks = False
+        self.token: contextvars.Token[StepContext | None] | None = None
+        if timeline is not None:
+            for step in timeline.steps:
+                self.seeds[(step.index, "execute")] = (step.attempts, step.started_at)
+                self.seeds[(step.index, "rollback")] = (
+                    step.rollback_attempts,
+                    step.rollback_started_at,
+                )
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _flush(self) -> None:
+        ops, self.ops = self.ops, []
+        run, self.run = self.run, {}
+        if self.create_rows is not None:
+            rows, self.create_rows = self.create_rows, None
+            self.journal.create(
+                {
+                    "run_id": self.run_id,
+                    "name": self.name,
+                    "kind": self.kind,
+                    "status": run.get("status", "running"),
+                    "resumable": int(self.resumable),
+                    "steps": len(rows),
+                    "started": run.get("started", 0),
+                    "finished_at": run.get("finished_at"),
+                },
+                rows,
+                ops,
+            )
+            self.created = True
+            return
+        self.journal.commit(self.run_id, run, ops)
+
+    def _set_current(self, index: int, method: str) -> None:
+        token = _CURRENT.set(StepContext(self.run_id, index, method, step_key(self.run_id, index)))
+        if self.token is None:
+            self.token = token
+
+    def _clear_current(self) -> None:
+        token, self.token = self.token, None
+        if token is not None:
+            try:
+                _CURRENT.reset(token)
+            except ValueError:  # pragma: no cover - set in another context (a task)
+                _CURRENT.set(None)
+
+    def _base(self, index: int, method: str) -> int:
+        seed = self.seeds.get((index, method))
+        return 0 if seed is None else seed[0]
+
+    def seed(self, index: int, method: str, clock_now: float) -> tuple[int, float | None]:
+        """For a Retrier: (attempt number of the call that just failed, start on the clock)."""
+        seed = self.seeds.get((index, method))
+        if seed is None or seed[0] == 0 or (method == "rollback" and self.fresh_rollbacks):
+            return 1, None
+        attempts, first = seed
+        start = None if first is None else clock_now - max(0.0, self.journal.clock() - first)
+        return attempts + 1, start
+
+    # -- execute ------------------------------------------------------------------
+
+    def run_started(self, actions: Sequence[object]) -> None:
+        """Prepare the run's rows (committed with the start of step 0)."""
+        if not self.created:
+            self.create_rows = [
+                {"idx": i, "type": require_name(a, i), "state": dump_state(a, i)}
+                for i, a in enumerate(actions)
+            ]
+        else:
+            self.run["status"] = "running"
+        self.journal.track(self.run_id, self)
+
+    def step_started(self, index: int, action: object) -> None:
+        """Durably record that step ``index``'s ``execute`` is about to be called."""
+        fault("before_step_record")
+        now = self.journal.clock()
+        base = self._base(index, "execute")
+        columns: dict[str, Any] = {
+            "status": "running",
+            "attempts": base + 1,
+            "next_retry_at": None,
+        }
+        if base == 0:
+            columns["started_at"] = now
+        self.ops.append(("step", index, columns))
+        self.run["started"] = index + 1
+        self._flush()
+        fault("after_step_record")
+        self._set_current(index, "execute")
+
+    def step_succeeded(self, index: int, action: object, attempts: int) -> None:
+        """Queue step ``index``'s result; it is committed with the next write."""
+        fault("after_execute")
+        try:
+            state = dump_state(action, index)
+        except TypeError as exc:
+            raise JournalError(
+                f"step {index} ({action!r}) ran, but its state after execute() cannot be "
+                f"journaled: {exc}",
+                self.journal.url,
+            ) from exc
+        self.ops.append(
+            (
+                "step",
+                index,
+                {
+                    "status": "succeeded",
+                    "attempts": self._base(index, "execute") + attempts,
+                    "finished_at": self.journal.clock(),
+                    "state": state,
+                    "next_retry_at": None,
+                },
+            )
+        )
+
+    def step_failed(self, index: int, action: object, error: BaseException, attempts: int) -> None:
+        """Queue step ``index``'s failure; committed with the run's outcome."""
+        self.ops.append(
+            (
+                "step",
+                index,
+                {
+                    "status": "failed",
+                    "attempts": self._base(index, "execute") + attempts,
+                    "finished_at": self.journal.clock(),
+                    "error": _error_text(error),
+                    "next_retry_at": None,
+                },
+            )
+        )
+
+    def retry_scheduled(
+        self, index: int, method: str, attempt: int, delay: float, error: BaseException
+    ) -> None:
+        """Durably record a failed call and when the next one is due."""
+        if self.writes_off:
+            return
+        column = "attempts" if method == "execute" else "rollback_attempts"
+        if method == "rollback" and self.fresh_rollbacks:  # attempt counts from this retry
+            attempt += self._base(index, method)
+        self.ops.append(
+            (
+                "step",
+                index,
+                {column: attempt + 1, "next_retry_at": self.journal.clock() + delay},
+            )
+        )
+        kind = "retry" if method == "execute" else "rollback_retry"
+        self.ops.append(
+            ("event", index, kind, f"attempt {attempt}: {_error_text(error)}; next in {delay:.3f}s")
+        )
+        self._guarded(self._flush)
+
+    def run_finished(self, error: BaseException | None) -> None:
+        """Commit the run's outcome (raises if a success cannot be recorded)."""
+        fault("before_finish_record")
+        self._clear_current()
+        if error is None:
+            self.run.update(status="succeeded", finished_at=self.journal.clock())
+            self._flush()
+            self.journal.untrack(self.run_id)
+            return
+        self.run.update(status="failed", error=_error_text(error))
+        self.ops.append(("event", None, "failed", _error_text(error)))
+        try:
+            self._flush()
+        except JournalError as exc:
+            _log_write_failure(self, exc, "its failure")
+
+    # -- rollback -----------------------------------------------------------------
+
+    def rollback_started(self, index: int, action: object) -> None:
+        """Durably record that step ``index``'s ``rollback`` is about to be called."""
+        if not self.rolling_back:
+            self.rolling_back = True
+            self.run.update(status="rolling_back")
+            self.journal.track(self.run_id, self)
+        fault("before_rollback_record")
+        base = self._base(index, "rollback")
+        columns: dict[str, Any] = {
+            "status": "rolling_back",
+            "rollback_attempts": base + 1,
+            "next_retry_at": None,
+        }
+        if base == 0:
+            columns["rollback_started_at"] = self.journal.clock()
+        self.ops.append(("step", index, columns))
+        self._guarded(self._flush)
+        fault("after_rollback_record")
+        self._set_current(index, "rollback")
+
+    def rollback_finished(
+        self, index: int, action: object, error: BaseException | None, attempts: int
+    ) -> None:
+        """Queue step ``index``'s rollback outcome; committed with the next write."""
+        fault("after_rollback")
+        columns: dict[str, Any] = {
+            "status": "rolled_back" if error is None else "rollback_failed",
+            "rollback_attempts": self._base(index, "rollback") + attempts,
+            "rollback_finished_at": self.journal.clock(),
+            "rollback_error": None if error is None else _error_text(error),
+            "next_retry_at": None,
+        }
+        with contextlib.suppress(TypeError):  # else the state before the rollback stays
+            columns["state"] = dump_state(action, index)
+        self.ops.append(("step", index, columns))
+        if error is not None:
+            self.failed_rollbacks.add(index)
+            self.ops.append(("event", index, "rollback_failed", _error_text(error)))
+
+    def rollback_done(self) -> None:
+        """Commit the rollback's outcome: rolled back, or needs attention."""
+        self._clear_current()
+        if self.failed_rollbacks:
+            failed = ", ".join(str(i) for i in sorted(self.failed_rollbacks, reverse=True))
+            self.run.update(
+                status="needs_attention",
+                error=f"the rollback of step(s) {failed} failed",
+                finished_at=self.journal.clock(),
+            )
+        else:
+            self.run.update(status="rolled_back", finished_at=self.journal.clock())
+            if self.fresh_rollbacks:  # a retried needs_attention run: its failures are undone
+                self.run["error"] = None
+        self._guarded(self._flush)
+        self.journal.untrack(self.run_id)
+
+    def rollback_interrupted(self) -> None:
+        """A BaseException stopped the rollback: commit what is known, if possible."""
+        self._clear_current()
+        self._guarded(self._flush)
+
+    def _guarded(self, write: Any) -> None:
+        """Write while rolling back: a journal failure must not stop the compensation."""
+        if self.writes_off:
+            self.ops, self.run = [], {}
+            return
+        try:
+            write()
+        except JournalError as exc:
+            self.writes_off = True
+            _log_write_failure(self, exc, "the rollback")
+
+
+def _log_write_failure(recorder: RunRecorder, exc: JournalError, what: str) -> None:
+    lost = isinstance(exc, LeaseLost)
+    logger.error(
+        "run %s: could not record %s in the journal (%s); %s",
+        recorder.run_id,
+        what,
+        exc,
+        "another process owns the run now"
+        if lost
+        else "the journal still shows the run as unfinished, so recovery will finish it "
+        "(repeating the rollbacks it cannot see)",
+        extra={"aq_event": "journal_write_failed", "aq_run": recorder.run_id},
+    )

@@ -1,0 +1,345 @@
+"""Recovery: finish the journaled runs whose owner is gone.
+
+:func:`recover` claims, one at a time and atomically, each run whose lease
+expired, rebuilds its steps from the journal (by their registered type
+names) and finishes it: it rolls back every started step in reverse,
+including the one that was in flight and any rollback that was itself
+interrupted; a run declared ``resumable`` is resumed forward instead. A run
+that cannot be rebuilt, or whose rollback still fails, ends as
+``needs_attention`` with its errors recorded; :func:`retry_rollback` tries
+such a run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._async import AsyncActionQueue
+from ._durable import RunRecorder
+from ._engine import EXECUTE, logger
+from ._events import Listener
+from ._journal import ACTIVE_STATUSES, Journal, LeaseLost, RunTimeline
+from ._policy import RetryPolicy
+from ._queue import ActionQueue
+from ._registry import load_step
+
+__all__ = ["RecoveredRun", "RecoveryReport", "recover", "retry_rollback"]
+
+Outcome = Literal["rolled_back", "resumed", "needs_attention", "unrecoverable", "lost"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredRun:
+    """What recovery did with one run.
+
+    Attributes:
+        run_id: The run.
+        name: Its queue's name.
+        outcome: ``rolled_back`` (every started step undone), ``resumed``
+            (finished forward), ``needs_attention`` (a rollback still
+            failed), ``unrecoverable`` (its steps could not be rebuilt; the
+            run was marked ``needs_attention`` and left for a person), or
+            ``lost`` (another process took it over meanwhile).
+        status: The run's status in the journal afterwards.
+        error: Why it did not end cleanly, if it did not.
+    """
+
+    run_id: str
+    name: str
+    outcome: Outcome
+    status: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """The runs one :func:`recover` call finished, in the order it claimed them."""
+
+    runs: tuple[RecoveredRun, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every run ended rolled back or resumed."""
+        return all(r.outcome in ("rolled_back", "resumed") for r in self.runs)
+
+    def count(self, outcome: Outcome) -> int:
+        """How many runs had ``outcome``."""
+        return sum(1 for r in self.runs if r.outcome == outcome)
+
+
+def _policy(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, RetryPolicy):
+        raise TypeError(f"{name} must be a RetryPolicy or None, got {value!r}")
+
+
+def recover(
+    journal: Journal,
+    *,
+    resume: bool = True,
+    limit: int | None = None,
+    retry: RetryPolicy | None = None,
+    rollback_retry: RetryPolicy | None = None,
+    sleep: Callable[[float], Any] | None = None,
+    listeners: Iterable[Listener] = (),
+    should_stop: Callable[[], bool] | None = None,
+) -> RecoveryReport:
+    """Finish every run whose owner's lease expired; return what was done.
+
+    Each run is claimed atomically, so several processes may recover the
+    same journal at once: each run is finished by one of them. Runs are
+    rolled back; runs of queues declared ``resumable=True`` are resumed
+    forward instead when ``resume`` is true (and rolled back if a step then
+    fails). The action types of the runs must be registered in this process
+    (import the modules that define them).
+
+    Retry counts and deadlines continue from the journal: a step that made 2
+    attempts before the crash has 2 fewer left under ``retry`` (for resumed
+    steps) or ``rollback_retry`` (for rollbacks).
+
+    Args:
+        journal: The journal to recover.
+        resume: Resume resumable runs forward (False: roll back every run).
+        limit: Stop after this many runs (None: until none is left).
+        retry: The retry policy of resumed steps' ``execute``.
+        rollback_retry: The retry policy of every ``rollback``.
+        sleep: Waits between retries (default :func:`time.sleep`); also
+            waits out a retry delay that was running when the owner died.
+        listeners: Listeners of the recovery queues.
+        should_stop: Called before each claim; return True to stop early
+            (a worker's clean shutdown).
+
+    Raises:
+        JournalError: the journal cannot be read or written.
+    """
+    _policy("retry", retry)
+    _policy("rollback_retry", rollback_retry)
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
+    listeners = tuple(listeners)
+    done: list[RecoveredRun] = []
+    while limit is None or len(done) < limit:
+        if should_stop is not None and should_stop():
+            break
+        timeline = journal.claim(statuses=ACTIVE_STATUSES)
+        if timeline is None:
+            break
+        done.append(
+            _finish(journal, timeline, resume, retry, rollback_retry, sleep, listeners, False)
+        )
+    return RecoveryReport(tuple(done))
+
+
+def retry_rollback(
+    journal: Journal,
+    run_id: str,
+    *,
+    rollback_retry: RetryPolicy | None = None,
+    sleep: Callable[[float], Any] | None = None,
+    listeners: Iterable[Listener] = (),
+) -> RecoveredRun:
+    """Roll back again the steps of a ``needs_attention`` run that are not rolled back yet.
+
+    Steps whose rollback succeeded before are left alone; the others
+    (failed, or never rolled back) are rolled back in reverse order.
+
+    Raises:
+        KeyError: the journal has no such run.
+        ValueError: the run does not need attention, or another process holds it.
+    """
+    _policy("rollback_retry", rollback_retry)
+    run_id = journal.timeline(run_id).run.run_id  # accepts a unique prefix; KeyError if none
+    timeline = journal.claim(run_id, statuses=("needs_attention",))
+    if timeline is None:
+        status = journal.timeline(run_id).run.status
+        raise ValueError(
+            f"run {run_id} is {status}, not needs_attention (or another process is "
+            f"retrying it right now); only a run that needs attention can be retried"
+        )
+    return _finish(journal, timeline, False, None, rollback_retry, sleep, tuple(listeners), True)
+
+
+def _finish(
+    journal: Journal,
+    timeline: RunTimeline,
+    resume: bool,
+    retry: RetryPolicy | None,
+    rollback_retry: RetryPolicy | None,
+    sleep: Callable[[float], Any] | None,
+    listeners: tuple[Listener, ...],
+    retrying: bool,
+) -> RecoveredRun:
+    run = timeline.run
+    try:
+        actions = [load_step(step.type, step.state) for step in timeline.steps]
+    except (LookupError, ValueError) as exc:
+        message = f"cannot rebuild the run's steps: {exc}"
+        logger.error(
+            "run %s (%s) cannot be recovered: %s; marked needs_attention",
+            run.run_id,
+            run.name,
+            message,
+            extra={"aq_event": "run_unrecoverable", "aq_run": run.run_id},
+        )
+        journal.commit(
+            run.run_id,
+            {"status": "needs_attention", "error": message[:4000], "finished_at": journal.clock()},
+            [("event", None, "unrecoverable", message[:4000])],
+        )
+        return RecoveredRun(run.run_id, run.name, "unrecoverable", "needs_attention", message)
+    try:
+        if run.kind == "async":
+            outcome = asyncio.run(
+                _finish_async(
+                    journal,
+                    timeline,
+                    actions,
+                    resume,
+                    retry,
+                    rollback_retry,
+                    sleep,
+                    listeners,
+                    retrying,
+                )
+            )
+        else:
+            outcome = _finish_sync(
+                journal,
+                timeline,
+                actions,
+                resume,
+                retry,
+                rollback_retry,
+                sleep,
+                listeners,
+                retrying,
+            )
+    except LeaseLost as exc:
+        return RecoveredRun(run.run_id, run.name, "lost", "unknown", str(exc))
+    status = journal.timeline(run.run_id).run
+    if status.owner != journal.owner:  # taken over meanwhile (its rollback logged LeaseLost)
+        return RecoveredRun(
+            run.run_id, run.name, "lost", status.status, f"taken over by {status.owner}"
+        )
+    if status.status == "needs_attention":
+        return RecoveredRun(run.run_id, run.name, "needs_attention", status.status, status.error)
+    return RecoveredRun(run.run_id, run.name, outcome, status.status)
+
+
+def _prepare(
+    queue: Any,
+    journal: Journal,
+    timeline: RunTimeline,
+    actions: list[Any],
+    resume: bool,
+    retrying: bool,
+) -> tuple[bool, float]:
+    """Set ``queue`` up to continue ``timeline``; return (resume forward?, seconds to wait)."""
+    run = timeline.run
+    steps = timeline.steps
+    recorder = RunRecorder(journal, run.name, run.kind, run.resumable, run.run_id, timeline)
+    queue._recorder = recorder
+    queue._general = True
+    queue._actions = actions
+    started = [s.index for s in steps if s.started]
+    forward = resume and run.resumable and run.status == "running" and not retrying
+    now = journal.clock()
+
+    def wait_for(statuses: tuple[str, ...]) -> float:
+        # A retry delay that was running when the owner died, of a call that will be made
+        due = [
+            s.next_retry_at for s in steps if s.next_retry_at is not None and s.status in statuses
+        ]
+        return max(0.0, max(due) - now) if due else 0.0
+
+    if forward:
+        queue._first = next((s.index for s in steps if s.status != "succeeded"), len(steps))
+        return True, wait_for(("running",))
+    # Roll back: steps never started, or already rolled back, are left alone; so are
+    # (after a crash) those whose rollback already failed for good, which stay failed.
+    done = {"pending", "rolled_back"} if retrying else {"pending", "rolled_back", "rollback_failed"}
+    queue._skip = frozenset(s.index for s in steps if s.status in done)
+    if retrying:
+        recorder.fresh_rollbacks = True  # an operator's retry gets its policy's full budget
+    else:
+        recorder.failed_rollbacks = {s.index for s in steps if s.status == "rollback_failed"}
+    recorder.rolling_back = False
+    queue._started = max(started) + 1 if started else 0
+    queue._state = EXECUTE
+    queue._failed = True
+    return False, 0.0 if retrying else wait_for(("rolling_back",))
+
+
+def _finish_sync(
+    journal: Journal,
+    timeline: RunTimeline,
+    actions: list[Any],
+    resume: bool,
+    retry: RetryPolicy | None,
+    rollback_retry: RetryPolicy | None,
+    sleep: Callable[[float], Any] | None,
+    listeners: tuple[Listener, ...],
+    retrying: bool,
+) -> Literal["rolled_back", "resumed"]:
+    queue = ActionQueue(
+        sleep=sleep, retry=retry, rollback_retry=rollback_retry, listeners=listeners
+    )
+    forward, wait = _prepare(queue, journal, timeline, actions, resume, retrying)
+    if wait:
+        queue._sleep(wait)
+    if forward:
+        try:
+            queue.execute()
+        except LeaseLost:  # another process owns the run now: it finishes it, not this one
+            raise
+        except Exception as exc:  # a failed resume is rolled back
+            logger.warning(
+                "run %s: resuming failed (%r); rolling it back",
+                timeline.run.run_id,
+                exc,
+                extra={"aq_event": "resume_failed", "aq_run": timeline.run.run_id},
+            )
+        else:
+            return "resumed"
+    queue.rollback()
+    return "rolled_back"
+
+
+async def _finish_async(
+    journal: Journal,
+    timeline: RunTimeline,
+    actions: list[Any],
+    resume: bool,
+    retry: RetryPolicy | None,
+    rollback_retry: RetryPolicy | None,
+    sleep: Callable[[float], Any] | None,
+    listeners: tuple[Listener, ...],
+    retrying: bool,
+) -> Literal["rolled_back", "resumed"]:
+    queue = AsyncActionQueue(
+        sleep=sleep, retry=retry, rollback_retry=rollback_retry, listeners=listeners
+    )
+    forward, wait = _prepare(queue, journal, timeline, actions, resume, retrying)
+    if wait:
+        pause = queue._sleep(wait)
+        if inspect.isawaitable(pause):
+            await pause
+    if forward:
+        try:
+            await queue.execute()
+        except LeaseLost:  # another process owns the run now: it finishes it, not this one
+            raise
+        except Exception as exc:  # a failed resume is rolled back
+            logger.warning(
+                "run %s: resuming failed (%r); rolling it back",
+                timeline.run.run_id,
+                exc,
+                extra={"aq_event": "resume_failed", "aq_run": timeline.run.run_id},
+            )
+        else:
+            return "resumed"
+    await queue.rollback()
+    return "rolled_back"

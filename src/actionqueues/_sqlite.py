@@ -1,0 +1,199 @@
+"""The embedded journal: one SQLite file (stdlib :mod:`sqlite3`), WAL, ``synchronous=FULL``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ._journal import JournalError
+from ._sql import FORMAT, SCHEMA_VERSION, SQLJournal
+
+__all__ = ["SQLiteJournal"]
+
+
+class SQLiteJournal(SQLJournal):
+    """A journal in one SQLite file; open it with :func:`~actionqueues.open_journal`.
+
+    Every commit is durable when it returns (WAL with ``synchronous=FULL``).
+    Several processes on one machine may share the file; SQLite serialises
+    their writes (each waits up to ``busy_timeout`` seconds for the others).
+    Do not put it on a network file system.
+
+    Args:
+        path: The file (created, with its directory, if missing), or ``":memory:"``.
+        busy_timeout: Seconds to wait for another process's write to finish.
+        **options: See :class:`~actionqueues.Journal`.
+    """
+
+    def __init__(self, path: str, *, busy_timeout: float = 30.0, **options: Any) -> None:
+        super().__init__(**options)
+        if (
+            isinstance(busy_timeout, bool)
+            or not isinstance(busy_timeout, (int, float))
+            or (busy_timeout < 0)
+        ):
+            raise ValueError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
+        self.path = path if path == ":memory:" else os.path.abspath(path)
+        self.url = "sqlite://" if path == ":memory:" else f"sqlite:///{self.path}"
+        self._lock = threading.RLock()
+        self._conn = self._connect(busy_timeout)
+        try:
+            with self._read() as cur:  # refuse a foreign or newer file before changing it
+                self._inspect(cur)
+            self._use_wal()
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _fail(self, what: str, exc: BaseException) -> JournalError:
+        text = str(exc)
+        hint = ""
+        lowered = text.lower()
+        if "readonly" in lowered or "read-only" in lowered:
+            hint = " (the file or its directory is read-only: the journal needs to write both)"
+        elif "unable to open" in lowered:
+            hint = " (check that the directory exists and is writable)"
+        elif "locked" in lowered or "busy" in lowered:
+            hint = " (another process held the journal's write lock longer than busy_timeout)"
+        elif "not a database" in lowered or "malformed" in lowered:
+            hint = " (the file is not an SQLite database, or it is corrupt)"
+        elif "disk" in lowered or "full" in lowered:
+            hint = " (the disk is failing or full)"
+        return JournalError(f"{what} {self.path}: {text}{hint}", self.url)
+
+    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            if os.path.isdir(self.path):
+                raise JournalError(
+                    f"cannot open the journal {self.path}: it is a directory; give a file "
+                    f"path such as {os.path.join(self.path, 'runs.db')}",
+                    self.url,
+                )
+            directory = os.path.dirname(self.path)
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as exc:
+                raise JournalError(
+                    f"cannot create the journal's directory {directory}: {exc}", self.url
+                ) from exc
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise self._fail("cannot open the journal", exc) from exc
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:  # pragma: no cover - a pragma without a file read
+            conn.close()
+            raise self._fail("cannot open the journal", exc) from exc
+        return conn
+
+    def _use_wal(self) -> None:
+        with self._lock:
+            try:
+                mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise self._fail("cannot open the journal", exc) from exc
+        if self.path != ":memory:" and str(mode).lower() != "wal":  # pragma: no cover - odd fs
+            raise JournalError(
+                f"cannot open the journal {self.path}: SQLite refused WAL mode ({mode!r}); "
+                f"is it on a network file system?",
+                self.url,
+            )
+
+    def _inspect(self, cur: Any) -> int | None:
+        """The file's schema version, None for an empty database; refuse anything else."""
+        tables = {
+            row[0] for row in cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        meta, versions = f"{self.prefix}meta", f"{self.prefix}schema_version"
+        if meta not in tables:
+            if tables - {"sqlite_sequence"}:
+                raise JournalError(
+                    f"{self.path} is an SQLite database but not an actionqueues journal "
+                    f"(it has tables {', '.join(sorted(tables)[:5])} and no {meta}); "
+                    f"give the journal a file of its own; it was left untouched",
+                    self.url,
+                )
+            return None
+        row = cur.execute(f"SELECT value FROM {meta} WHERE key = 'format'").fetchone()
+        if row is None or row[0] != FORMAT:
+            raise JournalError(
+                f"{self.path} has a {meta} table but is not an actionqueues journal "
+                f"(format {row[0] if row else None!r}); it was left untouched",
+                self.url,
+            )
+        found = int(cur.execute(f"SELECT MAX(version) FROM {versions}").fetchone()[0] or 0)
+        if found > SCHEMA_VERSION:
+            raise self._newer_schema(found)
+        return found
+
+    def _migrate(self) -> None:
+        with self._write() as cur:
+            found = self._inspect(cur)  # again: another process may have created it meanwhile
+            meta, versions = f"{self.prefix}meta", f"{self.prefix}schema_version"
+            if found is None:
+                cur.execute(f"CREATE TABLE {meta} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                cur.execute(f"INSERT INTO {meta} VALUES ('format', ?)", (FORMAT,))
+                cur.execute(
+                    f"CREATE TABLE {versions} "
+                    f"(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+                )
+                found = 0
+            applied = set()
+            for version, statement in self._migrations_sql(found):
+                cur.execute(statement)
+                applied.add(version)
+            for version in sorted(applied):
+                cur.execute(f"INSERT INTO {versions} VALUES (?, ?)", (version, self.clock()))
+            # Fail now, not at a queue's first step, if the file cannot be written.
+            cur.execute(f"UPDATE {meta} SET value = value WHERE key = 'format'")
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        if self.closed:
+            raise JournalError(f"the journal {self.url} is closed", self.url)
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._fail("cannot write to the journal", exc) from exc
+            cur = conn.cursor()
+            try:
+                yield cur
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):  # the transaction may be gone
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._fail("cannot write to the journal", exc) from exc
+                raise
+            finally:
+                cur.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[Any]:
+        if self.closed:
+            raise JournalError(f"the journal {self.url} is closed", self.url)
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                yield cur
+            except sqlite3.Error as exc:
+                raise self._fail("cannot read the journal", exc) from exc
+            finally:
+                cur.close()
+
+    def close(self) -> None:
+        """Stop the heartbeat and close the connection; closing twice is harmless."""
+        super().close()
+        with self._lock:
+            self._conn.close()

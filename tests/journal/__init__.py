@@ -1,0 +1,1 @@
+"""The journal test suite: one suite, run over every journal backend (see conftest.py)."""

@@ -1,0 +1,220 @@
+"""AsyncActionQueue with a journal: the same records, and recovery of async runs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from actionqueues import AsyncActionQueue, Journal, RetryPolicy, StepContext, current_step, recover
+from actionqueues.testing import FakeClock, RecordingSleep, inject_faults
+
+from .conftest import LEASE, OpenOther
+from .helpers import WORLD, AsyncPut, Crash, Killer, Put, event_kinds, statuses
+
+
+def test_an_async_happy_run_is_recorded(journal: Journal) -> None:
+    """An async journaled run records kind async, each step, and N+1 commits."""
+    points: list[str] = []
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal, name="async-signup")
+        q.add(AsyncPut("a"))
+        q.add(Put("b"))  # a sync action in an async queue
+        with inject_faults(points.append):
+            await q.execute()
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    timeline = journal.timeline(run_id)
+    assert (timeline.run.kind, timeline.run.name, timeline.run.status) == (
+        "async",
+        "async-signup",
+        "succeeded",
+    )
+    assert [s.type for s in timeline.steps] == ["tests.journal.async_put", "tests.journal.put"]
+    assert statuses(journal, run_id) == ["succeeded", "succeeded"]
+    assert points.count("after_commit") == 3
+    assert WORLD.ledger == {"a": 1, "b": 1}
+
+
+def test_an_async_failure_and_rollback_are_recorded(journal: Journal) -> None:
+    """An async run that fails, retries and is rolled back is recorded like a sync one."""
+    sleep = RecordingSleep()
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(
+            journal=journal, retry=RetryPolicy(max_attempts=2, initial_delay=3.0), sleep=sleep
+        )
+        q.add(AsyncPut("a"))
+        q.add(AsyncPut("b"))
+        WORLD.script("execute", "b", OSError("1"), OSError("2"))
+        with pytest.raises(OSError, match="2"):
+            await q.execute()
+        report = await q.rollback()
+        assert report.ok
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    timeline = journal.timeline(run_id)
+    assert timeline.run.status == "rolled_back"
+    assert timeline.steps[1].attempts == 2
+    assert timeline.steps[1].error == "OSError: 2"
+    assert statuses(journal, run_id) == ["rolled_back", "rolled_back"]
+    assert event_kinds(journal, run_id) == [(1, "retry"), (None, "failed")]
+    assert sleep.calls == [3.0]
+    assert WORLD.ledger == {}
+
+
+def test_current_step_works_in_async_steps(journal: Journal) -> None:
+    """current_step() inside an async execute gives that step's context."""
+    seen: list[StepContext] = []
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(AsyncPut("a"))
+        q.add(AsyncPut("b"))
+        WORLD.script("execute", "b", lambda: seen.append(current_step()))
+        await q.execute()
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert seen == [StepContext(str(run_id), 1, "execute", f"{run_id}:1")]
+
+
+def test_an_async_run_is_recovered_by_recover(journal: Journal, clock: FakeClock) -> None:
+    """recover() (a sync call) finishes an async run with an event loop of its own."""
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(AsyncPut("a"))
+        q.add(AsyncPut("b"))
+        q.add(AsyncPut("c"))
+        with inject_faults(Killer("after_execute", nth=2)), pytest.raises(Crash):
+            await q.execute()
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    assert journal.timeline(run_id).run.kind == "async"
+    clock.advance(LEASE + 1)
+    report = recover(journal)
+    assert [(r.run_id, r.outcome) for r in report.runs] == [(run_id, "rolled_back")]
+    assert WORLD.keys_called("rollback") == ["b", "a"]
+    assert WORLD.ledger == {}
+    assert statuses(journal, run_id) == ["rolled_back", "rolled_back", "pending"]
+
+
+def test_a_resumable_async_run_is_resumed_by_another_process(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """An async resumable run is resumed forward by recovery, with async sleeps injected."""
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal, resumable=True)
+        q.add(AsyncPut("a"))
+        q.add(AsyncPut("b"))
+        with inject_faults(Killer("after_step_record", nth=2)), pytest.raises(Crash):
+            await q.execute()
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    WORLD.script("execute", "b", OSError("flaky"))
+    waits: list[float] = []
+
+    async def async_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    report = recover(
+        open_other(), retry=RetryPolicy(max_attempts=3, initial_delay=2.0), sleep=async_sleep
+    )
+    assert [(r.outcome, r.status) for r in report.runs] == [("resumed", "succeeded")]
+    assert waits == [4.0]  # the backoff goes on from attempt 2 (1 before the crash)
+    assert WORLD.ledger == {"a": 1, "b": 1}
+    assert journal.timeline(run_id).steps[1].attempts == 3  # 1 before the crash, 2 after
+
+
+def test_a_failed_async_resume_is_rolled_back(journal: Journal, clock: FakeClock) -> None:
+    """An async resumable run whose resumed step fails is rolled back by recovery."""
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal, resumable=True)
+        for key in "abc":
+            q.add(AsyncPut(key))
+        with inject_faults(Killer("after_step_record", nth=2)), pytest.raises(Crash):
+            await q.execute()
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    WORLD.script("execute", "b", ValueError("still broken"))
+    clock.advance(LEASE + 1)
+    report = recover(journal)
+    assert [(r.outcome, r.status) for r in report.runs] == [("rolled_back", "rolled_back")]
+    assert WORLD.keys_called("rollback") == ["b", "a"]
+    assert statuses(journal, run_id) == ["rolled_back", "rolled_back", "pending"]
+
+
+@pytest.mark.parametrize("sleep_kind", ["async", "sync"])
+def test_an_async_retry_delay_running_at_the_crash_is_waited_out(
+    journal: Journal, clock: FakeClock, sleep_kind: str
+) -> None:
+    """Recovery of an async run waits until next_retry_at with the injected sleep (async or not)."""
+    policy = RetryPolicy(max_attempts=3, initial_delay=100.0, max_delay=1000.0)
+    killer = Killer()
+
+    async def dying_sleep(seconds: float) -> None:
+        killer.kill()
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal, resumable=True, retry=policy, sleep=dying_sleep)
+        q.add(AsyncPut("a"))
+        WORLD.script("execute", "a", OSError("busy"))
+        with inject_faults(killer), pytest.raises(Crash):
+            await q.execute()
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    clock.advance(LEASE + 1)
+    waits: list[float] = []
+
+    async def async_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    def sync_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    sleep = async_sleep if sleep_kind == "async" else sync_sleep
+    report = recover(journal, retry=policy, sleep=sleep)
+    assert [r.outcome for r in report.runs] == ["resumed"]
+    assert waits == [100.0 - LEASE - 1]
+    assert WORLD.ledger == {"a": 1}
+
+
+def test_an_async_resume_taken_over_by_another_process_is_lost(
+    journal: Journal, clock: FakeClock, open_other: OpenOther
+) -> None:
+    """A resumed async run claimed by a third process meanwhile: outcome lost, no rollback."""
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal, resumable=True)
+        q.add(AsyncPut("a"))
+        q.add(AsyncPut("b"))
+        with inject_faults(Killer("after_step_record", nth=2)), pytest.raises(Crash):
+            await q.execute()
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    third = open_other("third", clock=FakeClock(clock.now + 3 * LEASE))
+    WORLD.script("execute", "b", third.claim)
+    report = recover(open_other())
+    assert [r.outcome for r in report.runs] == ["lost"]
+    assert WORLD.keys_called("rollback") == []
+    assert journal.timeline(run_id).run.owner == "third"

@@ -1,0 +1,468 @@
+"""Recovery: runs whose owner died are claimed once its lease expired, and finished."""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import pytest
+
+from actionqueues import ActionQueue, Journal, RetryPolicy, recover
+from actionqueues.testing import FakeClock, RecordingSleep, inject_faults
+
+from .conftest import LEASE, OpenOther
+from .helpers import (
+    WORLD,
+    Account,
+    Crash,
+    Killer,
+    Put,
+    charge,
+    crashed_run,
+    event_kinds,
+    statuses,
+    write_run,
+)
+
+
+def test_an_abandoned_failed_run_waits_for_its_lease_then_is_rolled_back(
+    journal: Journal, clock: FakeClock
+) -> None:
+    """A run whose execute raised and was never rolled back is recovered once its lease expired."""
+    q = ActionQueue(journal=journal, name="abandoned")
+    q.add(Put("a"))
+    q.add(Put("b"))
+    WORLD.script("execute", "b", ValueError("boom"))
+    with pytest.raises(ValueError, match="boom"):
+        q.execute()
+    assert q.run_id is not None
+    run_id = q.run_id
+    del q
+    gc.collect()
+
+    clock.advance(LEASE - 1)
+    assert recover(journal).runs == ()  # its lease is still alive
+    assert WORLD.ledger == {"a": 1}
+
+    clock.advance(2)
+    report = recover(journal)
+    assert report.ok
+    assert [(r.run_id, r.name, r.outcome, r.status) for r in report.runs] == [
+        (run_id, "abandoned", "rolled_back", "rolled_back")
+    ]
+    assert report.count("rolled_back") == 1
+    assert report.count("resumed") == 0
+    assert WORLD.ledger == {}
+    assert WORLD.keys_called("rollback") == ["b", "a"]
+    timeline = journal.timeline(run_id)
+    assert timeline.run.status == "rolled_back"
+    assert timeline.run.recoveries == 1
+    assert statuses(journal, run_id) == ["rolled_back", "rolled_back"]
+    assert event_kinds(journal, run_id) == [(None, "failed"), (None, "claimed")]
+    assert recover(journal).runs == ()  # nothing left
+
+
+def test_another_process_does_not_claim_a_run_whose_lease_is_alive(
+    journal: Journal, clock: FakeClock, open_other: OpenOther
+) -> None:
+    """A second process only claims the run once the dead owner's lease expired on its clock."""
+    run_id = crashed_run(journal, "after_execute", nth=2)
+    their_clock = FakeClock(clock.now + LEASE - 1)
+    other = open_other(clock=their_clock)
+    assert recover(other).runs == ()
+    assert other.claim() is None
+    assert journal.timeline(run_id).run.owner == "original"
+
+    their_clock.advance(2)
+    report = recover(other)
+    assert [r.outcome for r in report.runs] == ["rolled_back"]
+    timeline = other.timeline(run_id)
+    assert timeline.run.owner == "recoverer"
+    assert timeline.run.status == "rolled_back"
+    claimed = [e for e in timeline.events if e.kind == "claimed"]
+    assert len(claimed) == 1
+    assert "by recoverer (was original)" in claimed[0].detail
+
+
+def test_recovery_rolls_back_the_step_that_was_in_flight(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """A step whose execute ran but whose result was never committed is rolled back too."""
+    run_id = crashed_run(journal, "after_execute", nth=2)  # b ran, not recorded as done
+    assert statuses(journal, run_id) == ["succeeded", "running", "pending"]
+    assert WORLD.ledger == {"a": 1, "b": 1}
+
+    report = recover(open_other())
+    assert [r.outcome for r in report.runs] == ["rolled_back"]
+    assert WORLD.ledger == {}
+    assert WORLD.keys_called("rollback") == ["b", "a"]  # c never started: left alone
+    assert statuses(journal, run_id) == ["rolled_back", "rolled_back", "pending"]
+
+
+def test_a_step_recorded_as_started_is_rolled_back_even_if_execute_was_never_called(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """Recorded but not called (outcome unknown to recovery): its rollback is called anyway."""
+    run_id = crashed_run(journal, "after_step_record", nth=2)
+    assert WORLD.keys_called("execute") == ["a"]
+    recover(open_other())
+    assert WORLD.keys_called("rollback") == ["b", "a"]
+    assert statuses(journal, run_id) == ["rolled_back", "rolled_back", "pending"]
+
+
+def test_a_crash_before_the_first_commit_leaves_no_run(journal: Journal) -> None:
+    """Dying before the run's first commit records nothing and calls nothing."""
+    q = ActionQueue(journal=journal)
+    q.add(Put("a"))
+    with inject_faults(Killer("before_commit")), pytest.raises(Crash):
+        q.execute()
+    assert journal.runs() == []
+    assert WORLD.calls == []
+
+
+def test_an_interrupted_rollback_continues_without_redoing_steps(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """A rollback that died midway is finished; steps already rolled back are not redone."""
+    q = ActionQueue(journal=journal, name="half-undone")
+    for key in "abcd":
+        q.add(Put(key))
+    WORLD.script("execute", "d", ValueError("no"))
+    with pytest.raises(ValueError, match="no"):
+        q.execute()
+    with inject_faults(Killer("after_rollback_record", nth=2)), pytest.raises(Crash):
+        q.rollback()  # d rolled back; c recorded as rolling back, then death
+    assert q.run_id is not None
+    run_id = q.run_id
+    del q
+    gc.collect()
+    assert journal.timeline(run_id).run.status == "rolling_back"
+    assert statuses(journal, run_id) == ["succeeded", "succeeded", "rolling_back", "rolled_back"]
+    assert WORLD.keys_called("rollback") == ["d"]
+
+    report = recover(open_other())
+    assert [r.outcome for r in report.runs] == ["rolled_back"]
+    assert WORLD.keys_called("rollback") == ["d", "c", "b", "a"]  # d not redone
+    assert WORLD.ledger == {}
+    timeline = journal.timeline(run_id)
+    assert timeline.run.status == "rolled_back"
+    assert [s.rollback_attempts for s in timeline.steps] == [1, 1, 2, 1]  # c: 1 before the crash
+    assert statuses(journal, run_id) == ["rolled_back"] * 4
+
+
+def test_a_rollback_that_failed_for_good_before_a_crash_is_not_retried_by_recovery(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """Recovery leaves a step whose rollback already failed; the run ends needs_attention."""
+    q = ActionQueue(journal=journal)
+    for key in "abc":
+        q.add(Put(key))
+    WORLD.script("execute", "c", ValueError("no"))
+    WORLD.script("rollback", "b", RuntimeError("cannot undo b"))
+    with pytest.raises(ValueError, match="no"):
+        q.execute()
+    with inject_faults(Killer("after_rollback_record", nth=3)), pytest.raises(Crash):
+        q.rollback()
+    assert q.run_id is not None
+    run_id = q.run_id
+    assert statuses(journal, run_id) == ["rolling_back", "rollback_failed", "rolled_back"]
+
+    report = recover(open_other())
+    assert [(r.outcome, r.status) for r in report.runs] == [("needs_attention", "needs_attention")]
+    assert report.runs[0].error == "the rollback of step(s) 1 failed"
+    assert not report.ok
+    assert WORLD.keys_called("rollback") == ["c", "b", "a"]
+    timeline = journal.timeline(run_id)
+    assert timeline.steps[1].rollback_error == "RuntimeError: cannot undo b"
+    assert statuses(journal, run_id) == ["rolled_back", "rollback_failed", "rolled_back"]
+
+
+def test_a_rollback_that_fails_during_recovery_needs_attention(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """Recovery's rollback failing after its retries ends needs_attention with the errors."""
+    run_id = crashed_run(journal, "after_execute", nth=2)
+    WORLD.always_fail("rollback", "a", ConnectionError("still down"))
+    sleep = RecordingSleep()
+    report = recover(
+        open_other(),
+        rollback_retry=RetryPolicy(max_attempts=2, initial_delay=5.0),
+        sleep=sleep,
+    )
+    assert [r.outcome for r in report.runs] == ["needs_attention"]
+    assert sleep.calls == [5.0]
+    timeline = journal.timeline(run_id)
+    assert timeline.run.status == "needs_attention"
+    assert timeline.steps[0].status == "rollback_failed"
+    assert timeline.steps[0].rollback_attempts == 2
+    assert event_kinds(journal, run_id)[-2:] == [(0, "rollback_retry"), (0, "rollback_failed")]
+    assert WORLD.ledger == {"a": 1}
+
+
+def test_a_resumable_run_is_resumed_forward(journal: Journal, open_other: OpenOther) -> None:
+    """A resumable run is finished forward by recovery: the in-flight step runs again."""
+    run_id = crashed_run(journal, "after_execute", nth=2, resumable=True)
+    assert journal.timeline(run_id).run.resumable
+
+    report = recover(open_other())
+    assert [(r.outcome, r.status) for r in report.runs] == [("resumed", "succeeded")]
+    assert report.ok
+    assert WORLD.keys_called("execute") == ["a", "b", "b", "c"]  # at least once: b twice
+    assert WORLD.keys_called("rollback") == []
+    assert WORLD.ledger == {"a": 1, "b": 1, "c": 1}
+    timeline = journal.timeline(run_id)
+    assert timeline.run.status == "succeeded"
+    assert timeline.run.finished_at is not None
+    assert [s.attempts for s in timeline.steps] == [1, 2, 1]
+    assert json.loads(timeline.steps[2].state)["receipt"] == "receipt-c"
+
+
+def test_a_resumable_run_is_rolled_back_when_resume_is_false(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """recover(resume=False) rolls back even a resumable run."""
+    run_id = crashed_run(journal, "after_execute", nth=2, resumable=True)
+    report = recover(open_other(), resume=False)
+    assert [r.outcome for r in report.runs] == ["rolled_back"]
+    assert WORLD.keys_called("rollback") == ["b", "a"]
+    assert statuses(journal, run_id) == ["rolled_back", "rolled_back", "pending"]
+
+
+def test_a_resumable_run_that_had_failed_is_rolled_back(journal: Journal, clock: FakeClock) -> None:
+    """A resumable run whose execute raised (status failed) is rolled back, not resumed."""
+    q = ActionQueue(journal=journal, resumable=True)
+    q.add(Put("a"))
+    q.add(Put("b"))
+    WORLD.script("execute", "b", ValueError("no"))
+    with pytest.raises(ValueError, match="no"):
+        q.execute()
+    clock.advance(LEASE + 1)
+    assert [r.outcome for r in recover(journal).runs] == ["rolled_back"]
+    assert WORLD.ledger == {}
+
+
+def test_a_resume_that_fails_is_rolled_back(journal: Journal, open_other: OpenOther) -> None:
+    """When a resumed step fails, recovery rolls the whole run back."""
+    run_id = crashed_run(journal, "after_step_record", nth=2, resumable=True)
+    WORLD.script("execute", "c", ValueError("still failing"))
+    report = recover(open_other())
+    assert [(r.outcome, r.status) for r in report.runs] == [("rolled_back", "rolled_back")]
+    assert WORLD.keys_called("execute") == ["a", "b", "c"]
+    assert WORLD.keys_called("rollback") == ["c", "b", "a"]
+    timeline = journal.timeline(run_id)
+    assert timeline.steps[2].error == "ValueError: still failing"
+    assert statuses(journal, run_id) == ["rolled_back"] * 3
+
+
+def test_attempts_made_before_a_crash_count_against_the_resumed_step(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """A resumed step whose retries were used before the crash gets only what is left."""
+    policy = RetryPolicy(max_attempts=4, initial_delay=1.0)
+    killer = Killer()
+    WORLD.script("execute", "b", OSError("1"), OSError("2"), killer.kill)  # dies in call 3
+    q = ActionQueue(journal=journal, resumable=True, retry=policy, sleep=RecordingSleep())
+    q.add(Put("a"))
+    q.add(Put("b"))
+    with inject_faults(killer), pytest.raises(Crash):
+        q.execute()
+    assert q.run_id is not None
+    run_id = q.run_id
+    assert journal.timeline(run_id).steps[1].attempts == 3
+
+    WORLD.always_fail("execute", "b", OSError("again"))
+    report = recover(open_other(), retry=policy, sleep=RecordingSleep())
+    assert [r.outcome for r in report.runs] == ["rolled_back"]
+    assert WORLD.count("execute", "b") == 4  # 3 before the crash, 1 left after it
+    b = journal.timeline(run_id).steps[1]
+    assert b.attempts == 4
+    assert b.error == "OSError: again"
+
+
+def test_a_resumed_step_that_retries_records_its_total_attempts(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """Attempts in the journal add up the calls before and after the crash."""
+    policy = RetryPolicy(max_attempts=5, initial_delay=1.0)
+    killer = Killer()
+    WORLD.script("execute", "b", OSError("1"), killer.kill)  # dies in call 2
+    q = ActionQueue(journal=journal, resumable=True, retry=policy, sleep=RecordingSleep())
+    q.add(Put("b"))
+    with inject_faults(killer), pytest.raises(Crash):
+        q.execute()
+    assert q.run_id is not None
+
+    WORLD.script("execute", "b", OSError("3"))  # call 3 fails, call 4 succeeds
+    report = recover(open_other(), retry=policy, sleep=RecordingSleep())
+    assert [r.outcome for r in report.runs] == ["resumed"]
+    assert WORLD.count("execute", "b") == 4
+    assert journal.timeline(q.run_id).steps[0].attempts == 4
+
+
+def test_a_retry_delay_running_at_the_crash_is_waited_out(
+    journal: Journal, clock: FakeClock, open_other: OpenOther
+) -> None:
+    """Recovery waits until the recorded next_retry_at, with the injected sleep."""
+    policy = RetryPolicy(max_attempts=3, initial_delay=100.0, max_delay=1000.0)
+    killer = Killer()
+
+    def sleep(seconds: float) -> None:
+        killer.kill()  # dies while waiting for the retry
+
+    WORLD.script("execute", "b", OSError("busy"))
+    q = ActionQueue(journal=journal, resumable=True, retry=policy, sleep=sleep)
+    q.add(Put("a"))
+    q.add(Put("b"))
+    with inject_faults(killer), pytest.raises(Crash):
+        q.execute()
+    assert q.run_id is not None
+    b = journal.timeline(q.run_id).steps[1]
+    assert b.next_retry_at == clock.now + 100.0
+
+    their_clock = FakeClock(clock.now + LEASE + 1)
+    waits = RecordingSleep(their_clock)
+    report = recover(open_other(clock=their_clock), retry=policy, sleep=waits)
+    assert [r.outcome for r in report.runs] == ["resumed"]
+    assert waits.calls == [100.0 - LEASE - 1]
+    assert WORLD.count("execute", "b") == 2
+    b = journal.timeline(q.run_id).steps[1]
+    # the call scheduled before the crash counts as made: one too many, never too few
+    assert (b.status, b.attempts, b.next_retry_at) == ("succeeded", 3, None)
+
+
+def test_a_crash_during_a_rollback_retry_leaves_fewer_rollback_attempts(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """Rollback attempts made before a crash count against recovery's rollback policy."""
+    policy = RetryPolicy(max_attempts=3, initial_delay=1.0)
+    killer = Killer()
+    WORLD.script("execute", "b", ValueError("no"))
+    WORLD.script("rollback", "a", OSError("1"), killer.kill)  # dies in rollback call 2
+    q = ActionQueue(journal=journal, rollback_retry=policy, sleep=RecordingSleep())
+    q.add(Put("a"))
+    q.add(Put("b"))
+    with pytest.raises(ValueError, match="no"):
+        q.execute()
+    with inject_faults(killer), pytest.raises(Crash):
+        q.rollback()
+    assert q.run_id is not None
+    assert journal.timeline(q.run_id).steps[0].rollback_attempts == 2
+
+    WORLD.always_fail("rollback", "a", OSError("again"))
+    report = recover(open_other(), rollback_retry=policy, sleep=RecordingSleep())
+    assert [r.outcome for r in report.runs] == ["needs_attention"]
+    assert WORLD.count("rollback", "a") == 3
+    assert WORLD.count("rollback", "b") == 1
+    assert journal.timeline(q.run_id).steps[0].rollback_attempts == 3
+
+
+def test_a_run_of_an_unknown_action_type_is_marked_and_recovery_moves_on(
+    journal: Journal, clock: FakeClock
+) -> None:
+    """An unknown type: that run needs attention ("unrecoverable"), the next run is recovered."""
+    bad = "11111111-1111-4111-8111-111111111111"
+    write_run(
+        journal,
+        bad,
+        [("tests.journal.put", '{"key":"x"}', "succeeded"), ("no.such.type", "{}", "running")],
+    )
+    clock.advance(1)
+    good = crashed_run(journal, "after_execute", nth=1, keys="z")
+    clock.advance(LEASE + 1)
+
+    report = recover(journal)
+    assert [(r.run_id, r.outcome, r.status) for r in report.runs] == [
+        (bad, "unrecoverable", "needs_attention"),
+        (good, "rolled_back", "rolled_back"),
+    ]
+    assert not report.ok
+    assert report.count("unrecoverable") == 1
+    error = report.runs[0].error
+    assert error is not None
+    assert "unknown action type 'no.such.type'" in error
+    timeline = journal.timeline(bad)
+    assert timeline.run.status == "needs_attention"
+    assert timeline.run.error == error
+    assert timeline.run.finished_at is not None
+    assert [k for _, k in event_kinds(journal, bad)] == ["claimed", "unrecoverable"]
+    assert WORLD.keys_called("rollback") == ["z"]  # nothing of the bad run was called
+    assert recover(journal).runs == ()  # the marked run is not claimed again
+
+
+@pytest.mark.parametrize(
+    ("type_name", "state", "message"),
+    [
+        ("tests.journal.put", '{"key": "x", "colour": "red"}', "unexpected fields"),
+        ("tests.journal.put", "{not json", "not valid JSON"),
+        ("tests.journal.put", "[1, 2]", "not a JSON object"),
+        ("tests.journal.account", '{"owner": "x", "poison": true}', "poisoned state"),
+        ("tests.journal.charge", '{"args": 1, "kwargs": {}}', "args must be a list"),
+    ],
+)
+def test_a_run_with_a_state_its_type_refuses_is_marked_unrecoverable(
+    journal: Journal, clock: FakeClock, type_name: str, state: str, message: str
+) -> None:
+    """Invalid journaled state: the run needs attention with an error naming the problem."""
+    run_id = "22222222-2222-4222-8222-222222222222"
+    write_run(journal, run_id, [(type_name, state, "running")], status="failed")
+    clock.advance(LEASE + 1)
+    report = recover(journal)
+    assert [r.outcome for r in report.runs] == ["unrecoverable"]
+    error = journal.timeline(run_id).run.error
+    assert error is not None
+    assert message in error
+    assert type_name in error
+    assert WORLD.calls == []
+
+
+def test_recover_stops_at_its_limit_or_when_told(journal: Journal, clock: FakeClock) -> None:
+    """recover(limit=) and should_stop= stop between runs; the rest stays for later."""
+    for key in "xyz":
+        crashed_run(journal, "after_execute", keys=key)
+    clock.advance(LEASE + 1)
+    assert len(recover(journal, limit=1).runs) == 1
+    assert recover(journal, should_stop=lambda: True).runs == ()
+    assert len(recover(journal).runs) == 2
+    assert WORLD.ledger == {}
+
+
+def test_recover_checks_its_arguments(journal: Journal) -> None:
+    """recover() refuses a bad limit or policy."""
+    with pytest.raises(ValueError, match="limit"):
+        recover(journal, limit=0)
+    with pytest.raises(TypeError, match="RetryPolicy"):
+        recover(journal, retry=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="RetryPolicy"):
+        recover(journal, rollback_retry="often")  # type: ignore[arg-type]
+
+
+def test_recovery_rebuilds_step_functions_and_undoes_with_their_result(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """A journaled @step is rebuilt from its arguments; its undo gets the recorded result."""
+    q = ActionQueue(journal=journal)
+    q.add(Account("bob"))
+    q.add(charge("bob", 1200, currency="USD"))
+    q.add(Put("after"))
+    with inject_faults(Killer("after_step_record", nth=3)), pytest.raises(Crash):
+        q.execute()
+    assert q.run_id is not None
+
+    report = recover(open_other())
+    assert [r.outcome for r in report.runs] == ["rolled_back"]
+    assert WORLD.undone == [{"charge_id": "ch_bob", "cents": 1200, "currency": "USD"}]
+    assert WORLD.keys_called("rollback") == ["after", "charge:bob", "account:bob"]
+    assert WORLD.ledger == {}
+
+
+def test_a_step_function_that_never_returned_is_not_undone_by_recovery(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """A @step in flight at the crash has no result, so its undo is not called."""
+    q = ActionQueue(journal=journal)
+    q.add(charge("eve", 10))
+    with inject_faults(Killer("after_step_record")), pytest.raises(Crash):
+        q.execute()
+    report = recover(open_other())
+    assert [r.outcome for r in report.runs] == ["rolled_back"]
+    assert WORLD.undone == []
