@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from ._engine import (
     QueueCore,
     Retrier,
     _note_rollback,
+    forget_frames,
     logger,
     switches,
 )
@@ -26,6 +28,7 @@ from ._events import (
     Listener,
     Method,
 )
+from ._journal import LeaseLost
 from ._report import RollbackFailure, RollbackReport
 from ._steps import AsyncFunctionStep, ParallelGroup
 
@@ -155,11 +158,17 @@ class AsyncActionQueue(QueueCore):
             if error is not None:
                 if retrier is None:
                     retrier = Retrier(self, index, action, method, listeners, start)
-                delay = retrier.after(error)
+                try:
+                    delay = retrier.after(error)
+                except BaseException:  # given up: the error's traceback holds this frame,
+                    error = retrier = None  # so let go of it (no cycle)
+                    forget_frames(sys.exc_info()[1])
+                    raise
                 if not switches.sleep_off:
                     pause = self._sleep(delay)
                     if pause is not None and inspect.isawaitable(pause):
                         await pause
+                retrier.starting()
             try:
                 result = call()
                 if result is not None and inspect.isawaitable(result):
@@ -290,6 +299,8 @@ class AsyncActionQueue(QueueCore):
         self._rollback_started(listeners, index, action)
         try:
             attempts = await self._call(index, action, "rollback", listeners, self._clock())
+        except LeaseLost:
+            raise  # another process finishes the run: stop, this is no failed rollback
         except (Exception, asyncio.CancelledError) as error:
             # The rollback task is shielded, so a CancelledError here came from the
             # action itself: a failed rollback like any other, never a silent stop.

@@ -266,10 +266,10 @@ def _sqlite_file(url: str) -> str | None:
     """The file of a SQLite journal URL (as :func:`open_journal` reads it), else None."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return os.path.abspath(url)
+        return os.path.abspath(os.path.expanduser(url))
     if scheme.lower() != "sqlite" or rest in ("", "/", "/:memory:") or not rest.startswith("/"):
         return None  # in memory, another backend, or a bad URL open_journal explains
-    return os.path.abspath(rest[1:])
+    return os.path.abspath(os.path.expanduser(rest[1:]))
 
 
 def missing_journal(url: str) -> str | None:
@@ -332,7 +332,7 @@ def runs_list_command(args: argparse.Namespace, out: TextIO, paint: Painter) -> 
         return 0
     wanted = {name for group in args.status or () for name in group}  # --status gives lists
     statuses = sorted(wanted, key=RUN_STATUSES.index) if wanted else None
-    with opened(url, heartbeat=False) as journal:
+    with opened(url, heartbeat=False, read_only=True) as journal:
         runs = journal.runs(
             status=statuses, name=args.name, older_than=args.older_than, limit=args.limit
         )
@@ -414,7 +414,7 @@ def runs_show_command(args: argparse.Namespace, out: TextIO, err: TextIO, paint:
             file=err,
         )
         return 1
-    with opened(url, heartbeat=False) as journal:
+    with opened(url, heartbeat=False, read_only=True) as journal:
         try:
             timeline = journal.timeline(args.run_id)
         except KeyError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._journal import Journal, JournalError, LeaseLost, Op, RunTimeline, fault, step_key
+from ._policy import RetryPolicy
 from ._registry import dump_state, require_name
 
 __all__ = ["RunRecorder", "StepContext", "current_step"]
@@ -69,6 +71,35 @@ def current_step() -> StepContext:
     return context
 
 
+_LIMITS = ("max_attempts", "initial_delay", "multiplier", "max_delay", "jitter", "deadline")
+
+
+def policies_json(execute: RetryPolicy | None, rollback: RetryPolicy | None) -> str | None:
+    """A step's retry policies as journaled: their limits and delays (not their predicates)."""
+    if execute is None and rollback is None:
+        return None
+    return json.dumps(
+        {
+            method: None if policy is None else {k: getattr(policy, k) for k in _LIMITS}
+            for method, policy in (("execute", execute), ("rollback", rollback))
+        },
+        separators=(",", ":"),
+    )
+
+
+def policies_from_json(text: str | None) -> tuple[RetryPolicy | None, RetryPolicy | None]:
+    """The (execute, rollback) policies of a journaled step (ValueError if malformed)."""
+    if text is None:
+        return None, None
+    try:
+        data = json.loads(text)
+        return tuple(  # type: ignore[return-value]
+            None if data[m] is None else RetryPolicy(**data[m]) for m in ("execute", "rollback")
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"the step's journaled retry policies are invalid: {exc}") from exc
+
+
 def _error_text(error: BaseException) -> str:
     text = f"{type(error).__module__}.{type(error).__qualname__}: {error}"
     return text.removeprefix("builtins.")[:4000]
@@ -97,7 +128,8 @@ class RunRecorder:
         self.create_rows: list[dict[str, Any]] | None = None
         self.rolling_back = False
         self.failed_rollbacks: set[int] = set()
-        self.writes_off = False  # a write failed while rolling back: leave the rest to recovery
+        self.lost = False  # another process claimed the run: stop calling and writing
+        self.write_failed = False  # a write failed while rolling back (logged once)
         # (attempts already made, Unix time of the first) per (index, method), from a journal
         self.seeds: dict[tuple[int, str], tuple[int, float | None]] = {}
         # retry_rollback(): the rollback policy's attempts and deadline start afresh
@@ -115,10 +147,23 @@ class RunRecorder:
     # -- plumbing ---------------------------------------------------------------
 
     def _flush(self) -> None:
+        """Commit what is pending; if that fails, nothing was written and it stays pending."""
         ops, self.ops = self.ops, []
         run, self.run = self.run, {}
-        if self.create_rows is not None:
-            rows, self.create_rows = self.create_rows, None
+        try:
+            self._write(ops, run)
+        except LeaseLost:
+            self.lost = True
+            raise
+        except BaseException:
+            self.ops = ops + self.ops
+            run.update(self.run)
+            self.run = run
+            raise
+
+    def _write(self, ops: list[Op], run: dict[str, Any]) -> None:
+        rows = self.create_rows
+        if rows is not None:
             self.journal.create(
                 {
                     "run_id": self.run_id,
@@ -129,10 +174,12 @@ class RunRecorder:
                     "steps": len(rows),
                     "started": run.get("started", 0),
                     "finished_at": run.get("finished_at"),
+                    "error": run.get("error"),
                 },
                 rows,
                 ops,
             )
+            self.create_rows = None
             self.created = True
             return
         self.journal.commit(self.run_id, run, ops)
@@ -165,11 +212,21 @@ class RunRecorder:
 
     # -- execute ------------------------------------------------------------------
 
-    def run_started(self, actions: Sequence[object]) -> None:
-        """Prepare the run's rows (committed with the start of step 0)."""
+    def run_started(
+        self, actions: Sequence[object], policies: Sequence[tuple[Any, Any]] = ()
+    ) -> None:
+        """Prepare the run's rows (committed with the start of step 0).
+
+        ``policies`` holds each step's (execute, rollback) retry policies.
+        """
         if not self.created:
             self.create_rows = [
-                {"idx": i, "type": require_name(a, i), "state": dump_state(a, i)}
+                {
+                    "idx": i,
+                    "type": require_name(a, i),
+                    "state": dump_state(a, i),
+                    "policies": policies_json(*policies[i]) if policies else None,
+                }
                 for i, a in enumerate(actions)
             ]
         else:
@@ -188,9 +245,16 @@ class RunRecorder:
         }
         if base == 0:
             columns["started_at"] = now
-        self.ops.append(("step", index, columns))
+        op = ("step", index, columns)
+        self.ops.append(op)
         self.run["started"] = index + 1
-        self._flush()
+        try:
+            self._flush()
+        except BaseException:
+            # Not recorded, so execute() will not be called: only the earlier results stay.
+            self.ops = [o for o in self.ops if o is not op]
+            self.run["started"] = index
+            raise
         fault("after_step_record")
         self._set_current(index, "execute")
 
@@ -239,23 +303,28 @@ class RunRecorder:
         self, index: int, method: str, attempt: int, delay: float, error: BaseException
     ) -> None:
         """Durably record a failed call and when the next one is due."""
-        if self.writes_off:
-            return
-        column = "attempts" if method == "execute" else "rollback_attempts"
         if method == "rollback" and self.fresh_rollbacks:  # attempt counts from this retry
             attempt += self._base(index, method)
-        self.ops.append(
-            (
-                "step",
-                index,
-                {column: attempt + 1, "next_retry_at": self.journal.clock() + delay},
-            )
-        )
+        self.ops.append(("step", index, {"next_retry_at": self.journal.clock() + delay}))
         kind = "retry" if method == "execute" else "rollback_retry"
         self.ops.append(
             ("event", index, kind, f"attempt {attempt}: {_error_text(error)}; next in {delay:.3f}s")
         )
-        self._guarded(self._flush)
+        if method == "execute":
+            self._flush()
+        else:
+            self._guarded("a rollback retry")
+
+    def retry_starting(self, index: int, method: str, attempt: int) -> None:
+        """Durably record that call number ``attempt`` is about to be made."""
+        if method == "execute":
+            self.ops.append(("step", index, {"attempts": attempt, "next_retry_at": None}))
+            self._flush()
+            return
+        if self.fresh_rollbacks:
+            attempt += self._base(index, method)
+        self.ops.append(("step", index, {"rollback_attempts": attempt, "next_retry_at": None}))
+        self._guarded("a rollback retry")
 
     def run_finished(self, error: BaseException | None) -> None:
         """Commit the run's outcome (raises if a success cannot be recorded)."""
@@ -291,7 +360,7 @@ class RunRecorder:
         if base == 0:
             columns["rollback_started_at"] = self.journal.clock()
         self.ops.append(("step", index, columns))
-        self._guarded(self._flush)
+        self._guarded(f"the start of step {index}'s rollback")
         fault("after_rollback_record")
         self._set_current(index, "rollback")
 
@@ -314,6 +383,18 @@ class RunRecorder:
             self.failed_rollbacks.add(index)
             self.ops.append(("event", index, "rollback_failed", _error_text(error)))
 
+    def unknown_outcome(self, index: int, action: object) -> None:
+        """Recovery: step ``index``'s undo needs the result its crashed do() never recorded."""
+        message = (
+            f"{action!r} was running when its process died, so its result is unknown and "
+            f"its undo cannot be called; check what it did (idempotency key "
+            f"{step_key(self.run_id, index)}), undo it by hand if needed, then retry the "
+            f"rollback (which then treats the step as done)"
+        )
+        self.failed_rollbacks.add(index)
+        self.ops.append(("step", index, {"status": "rollback_failed", "rollback_error": message}))
+        self.ops.append(("event", index, "rollback_failed", message))
+
     def rollback_done(self) -> None:
         """Commit the rollback's outcome: rolled back, or needs attention."""
         self._clear_current()
@@ -328,24 +409,33 @@ class RunRecorder:
             self.run.update(status="rolled_back", finished_at=self.journal.clock())
             if self.fresh_rollbacks:  # a retried needs_attention run: its failures are undone
                 self.run["error"] = None
-        self._guarded(self._flush)
+        self._guarded("the rollback's outcome")
         self.journal.untrack(self.run_id)
 
     def rollback_interrupted(self) -> None:
         """A BaseException stopped the rollback: commit what is known, if possible."""
         self._clear_current()
-        self._guarded(self._flush)
+        if not self.lost:
+            with contextlib.suppress(LeaseLost):
+                self._guarded("the interrupted rollback")
 
-    def _guarded(self, write: Any) -> None:
-        """Write while rolling back: a journal failure must not stop the compensation."""
-        if self.writes_off:
-            self.ops, self.run = [], {}
-            return
+    def _guarded(self, what: str) -> None:
+        """Write while rolling back: a journal failure must not stop the compensation.
+
+        What could not be written stays pending for the next write. Only a lost
+        lease stops the rollback: another process is finishing the run.
+        """
+        if self.lost:
+            raise LeaseLost(self.run_id, self.journal.owner, self.journal.url)
         try:
-            write()
+            self._flush()
+        except LeaseLost as exc:
+            _log_write_failure(self, exc, what)
+            raise
         except JournalError as exc:
-            self.writes_off = True
-            _log_write_failure(self, exc, "the rollback")
+            if not self.write_failed:
+                self.write_failed = True
+                _log_write_failure(self, exc, what)
 
 
 def _log_write_failure(recorder: RunRecorder, exc: JournalError, what: str) -> None:
@@ -355,9 +445,9 @@ def _log_write_failure(recorder: RunRecorder, exc: JournalError, what: str) -> N
         recorder.run_id,
         what,
         exc,
-        "another process owns the run now"
+        "another process owns the run now: this one stops"
         if lost
-        else "the journal still shows the run as unfinished, so recovery will finish it "
-        "(repeating the rollbacks it cannot see)",
+        else "until a later write succeeds, the journal shows the run unfinished, and "
+        "recovery would repeat the rollbacks it cannot see",
         extra={"aq_event": "journal_write_failed", "aq_run": recorder.run_id},
     )

@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
@@ -260,6 +261,12 @@ class Retrier:
         self.attempt = attempt + 1
         return delay
 
+    def starting(self) -> None:
+        """The retry is due: a journaled run records the call's start before it is made."""
+        recorder = self.core._recorder
+        if recorder is not None:
+            recorder.retry_starting(self.index, self.method, self.attempt)
+
     def _give_up(self, error: BaseException, cause: BaseException | None = None) -> NoReturn:
         """Raise ``error`` (from ``cause`` if given) with the attempt history attached."""
         history = self.history
@@ -274,6 +281,38 @@ class Retrier:
         if cause is not None:
             raise error from cause
         raise error
+
+
+# The frames a give-up leaves in the error's traceback; see forget_frames().
+_GIVE_UP_CODES = frozenset({Retrier.after.__code__, Retrier._give_up.__code__})
+
+
+def forget_frames(error: BaseException | None) -> None:
+    """Clear the locals of the finished give-up frames in ``error``'s traceback.
+
+    Those frames hold the error itself, so the error, its traceback and the
+    queue would form a reference cycle, and a dropped failed queue would live
+    (and keep its journal lease) until the cyclic garbage collector runs.
+    """
+    tb = None if error is None else error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in _GIVE_UP_CODES:
+            tb.tb_frame.clear()
+        tb = tb.tb_next
+
+
+class _JournaledAdd:
+    """``add()`` of a journaled queue: refuses what the journal could not record."""
+
+    __slots__ = ("queue",)
+
+    def __init__(self, queue: QueueCore) -> None:
+        self.queue = weakref.ref(queue)
+
+    def __call__(self, action: Any, *args: Any, **kwargs: Any) -> Any:
+        queue = self.queue()
+        assert queue is not None  # called through the queue, so it is alive
+        return queue._add_journaled(action, *args, **kwargs)
 
 
 class QueueCore:
@@ -381,7 +420,9 @@ class QueueCore:
         kind = "async" if self._runs_async else "sync"
         self._recorder = RunRecorder(journal, name, kind, bool(resumable))
         self._general = True
-        self.add = self._add_journaled  # type: ignore[method-assign]
+        # Journaled queues check each step at add(); a weak reference keeps the queue
+        # free of a reference cycle, so a dropped queue's lease lapses at once.
+        self.add = _JournaledAdd(self)  # type: ignore[method-assign]
 
     def _add_journaled(self, action: Any, *args: Any, **kwargs: Any) -> Any:
         step = QueueCore.add(self, action, *args, **kwargs)
@@ -649,7 +690,13 @@ class QueueCore:
     def _run_started(self, listeners: tuple[Listener, ...], steps: int) -> float:
         if self._recorder is not None:
             try:
-                self._recorder.run_started(self._actions)
+                self._recorder.run_started(
+                    self._actions,
+                    [
+                        (self.policy_for(i, "execute"), self.policy_for(i, "rollback"))
+                        for i in range(len(self._actions))
+                    ],
+                )
             except TypeError:  # a step's state became non-JSON after add(): nothing ran
                 self._state = ADD
                 raise

@@ -10,7 +10,7 @@ each one atomic (one transaction): :meth:`Journal.create` and
   path: the embedded default (stdlib :mod:`sqlite3`), WAL with
   ``synchronous=FULL``;
 - ``sqlite://`` (no path): a private in-memory database (tests, demos);
-- ``postgresql://...``: for many machines (the ``actionqueues[postgres]`` extra).
+- ``postgresql://...``: for many machines (planned; refused with a clear error today).
 """
 
 from __future__ import annotations
@@ -174,6 +174,8 @@ class StepRecord:
         rollback_finished_at: When ``rollback`` returned or failed for good.
         error: How ``execute`` failed.
         rollback_error: How ``rollback`` failed.
+        policies: The limits and delays of the step's retry policies, as JSON
+            (``{"execute": {...} | null, "rollback": {...} | null}``), or None.
     """
 
     index: int
@@ -189,6 +191,7 @@ class StepRecord:
     rollback_finished_at: float | None
     error: str | None
     rollback_error: str | None
+    policies: str | None = None
 
     @property
     def started(self) -> bool:
@@ -272,7 +275,19 @@ class Journal(abc.ABC):
         self._tracked_lock = threading.Lock()
         self._beat: threading.Thread | None = None
         self._stop = threading.Event()
+        self._pid = os.getpid()
         self.closed = False
+
+    def _check_usable(self) -> None:
+        """Refuse use after close(), and in a child process forked after opening."""
+        if self.closed:
+            raise JournalError(f"the journal {self.url} is closed", self.url)
+        if os.getpid() != self._pid:
+            raise JournalError(
+                f"the journal {self.url} was opened by process {self._pid} before it forked; "
+                f"open a journal of its own in this process ({os.getpid()}), after the fork",
+                self.url,
+            )
 
     # -- writing ------------------------------------------------------------------
 

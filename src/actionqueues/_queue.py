@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from ._engine import (
     QueueCore,
     Retrier,
     _note_rollback,
+    forget_frames,
     switches,
 )
 from ._errors import ActionRetryException, RollbackError
@@ -25,6 +27,7 @@ from ._events import (
     Listener,
     Method,
 )
+from ._journal import LeaseLost
 from ._report import RollbackFailure, RollbackReport, new_report
 from ._steps import ParallelGroup
 
@@ -227,9 +230,15 @@ class ActionQueue(QueueCore):
             if error is not None:
                 if retrier is None:
                     retrier = Retrier(self, index, action, method, listeners, start)
-                delay = retrier.after(error)
+                try:
+                    delay = retrier.after(error)
+                except BaseException:  # given up: the error's traceback holds this frame,
+                    error = first_error = retrier = None  # so let go of it (no cycle)
+                    forget_frames(sys.exc_info()[1])
+                    raise
                 if not switches.sleep_off:
                     self._sleep(delay)
+                retrier.starting()
             try:
                 result = call()
             except BaseException as exc:
@@ -372,6 +381,8 @@ class ActionQueue(QueueCore):
                 attempts = 1
             else:
                 attempts = self._call(index, action, "rollback", listeners, start=self._clock())
+        except LeaseLost:
+            raise  # another process finishes the run: stop, this is no failed rollback
         except Exception as error:
             return error
         self._rollback_succeeded(listeners, index, action, attempts)

@@ -13,19 +13,21 @@ such a run again.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._async import AsyncActionQueue
-from ._durable import RunRecorder
-from ._engine import EXECUTE, logger
+from ._durable import RunRecorder, policies_from_json
+from ._engine import EXECUTE, StepOptions, logger
 from ._events import Listener
 from ._journal import ACTIVE_STATUSES, Journal, LeaseLost, RunTimeline
 from ._policy import RetryPolicy
 from ._queue import ActionQueue
 from ._registry import load_step
+from ._steps import FunctionStep
 
 __all__ = ["RecoveredRun", "RecoveryReport", "recover", "retry_rollback"]
 
@@ -117,6 +119,7 @@ def recover(
     """
     _policy("retry", retry)
     _policy("rollback_retry", rollback_retry)
+    _refuse_in_event_loop("recover")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
     listeners = tuple(listeners)
@@ -151,15 +154,39 @@ def retry_rollback(
         ValueError: the run does not need attention, or another process holds it.
     """
     _policy("rollback_retry", rollback_retry)
+    _refuse_in_event_loop("retry_rollback")
     run_id = journal.timeline(run_id).run.run_id  # accepts a unique prefix; KeyError if none
     timeline = journal.claim(run_id, statuses=("needs_attention",))
     if timeline is None:
-        status = journal.timeline(run_id).run.status
+        run = journal.timeline(run_id).run
+        if run.status != "needs_attention":
+            raise ValueError(
+                f"run {run_id} is {run.status}: only a run that needs attention can have "
+                f"its rollback retried"
+            )
         raise ValueError(
-            f"run {run_id} is {status}, not needs_attention (or another process is "
-            f"retrying it right now); only a run that needs attention can be retried"
+            f"run {run_id} is being retried by {run.owner} right now (its lease runs until "
+            f"{_iso(run.lease_expires_at)})"
         )
     return _finish(journal, timeline, False, None, rollback_retry, sleep, tuple(listeners), True)
+
+
+def _iso(at: float | None) -> str:
+    if at is None:  # pragma: no cover - a claimed run always has a lease
+        return "?"
+    return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _refuse_in_event_loop(name: str) -> None:
+    """Recovery blocks (and runs async runs on a loop of its own): not from a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"{name}() blocks, and runs async runs on an event loop of its own: call it from "
+        f"a thread, e.g. await asyncio.to_thread({name}, journal, ...)"
+    )
 
 
 def _finish(
@@ -175,21 +202,9 @@ def _finish(
     run = timeline.run
     try:
         actions = [load_step(step.type, step.state) for step in timeline.steps]
-    except (LookupError, ValueError) as exc:
-        message = f"cannot rebuild the run's steps: {exc}"
-        logger.error(
-            "run %s (%s) cannot be recovered: %s; marked needs_attention",
-            run.run_id,
-            run.name,
-            message,
-            extra={"aq_event": "run_unrecoverable", "aq_run": run.run_id},
-        )
-        journal.commit(
-            run.run_id,
-            {"status": "needs_attention", "error": message[:4000], "finished_at": journal.clock()},
-            [("event", None, "unrecoverable", message[:4000])],
-        )
-        return RecoveredRun(run.run_id, run.name, "unrecoverable", "needs_attention", message)
+        policies = [policies_from_json(step.policies) for step in timeline.steps]
+    except Exception as exc:  # whatever the class raised: the run is marked, recovery goes on
+        return _unrecoverable(journal, timeline, f"cannot rebuild the run's steps: {exc}")
     try:
         if run.kind == "async":
             outcome = asyncio.run(
@@ -197,6 +212,7 @@ def _finish(
                     journal,
                     timeline,
                     actions,
+                    policies,
                     resume,
                     retry,
                     rollback_retry,
@@ -210,6 +226,7 @@ def _finish(
                 journal,
                 timeline,
                 actions,
+                policies,
                 resume,
                 retry,
                 rollback_retry,
@@ -218,7 +235,19 @@ def _finish(
                 retrying,
             )
     except LeaseLost as exc:
-        return RecoveredRun(run.run_id, run.name, "lost", "unknown", str(exc))
+        return RecoveredRun(
+            run.run_id, run.name, "lost", journal.timeline(run.run_id).run.status, str(exc)
+        )
+    except Exception as exc:  # a bug, or an action raising where it must not: never lose the run
+        logger.exception(
+            "run %s (%s): recovery failed unexpectedly",
+            run.run_id,
+            run.name,
+            extra={"aq_event": "recovery_failed", "aq_run": run.run_id},
+        )
+        return _unrecoverable(journal, timeline, f"recovery failed: {exc!r}")
+    finally:
+        journal.untrack(run.run_id)
     status = journal.timeline(run.run_id).run
     if status.owner != journal.owner:  # taken over meanwhile (its rollback logged LeaseLost)
         return RecoveredRun(
@@ -229,11 +258,31 @@ def _finish(
     return RecoveredRun(run.run_id, run.name, outcome, status.status)
 
 
+def _unrecoverable(journal: Journal, timeline: RunTimeline, message: str) -> RecoveredRun:
+    """Mark a claimed run needs_attention with ``message``; the run is kept, never dropped."""
+    run = timeline.run
+    message = message[:4000]
+    logger.error(
+        "run %s (%s) cannot be recovered: %s; marked needs_attention",
+        run.run_id,
+        run.name,
+        message,
+        extra={"aq_event": "run_unrecoverable", "aq_run": run.run_id},
+    )
+    journal.commit(
+        run.run_id,
+        {"status": "needs_attention", "error": message, "finished_at": journal.clock()},
+        [("event", None, "unrecoverable", message)],
+    )
+    return RecoveredRun(run.run_id, run.name, "unrecoverable", "needs_attention", message)
+
+
 def _prepare(
     queue: Any,
     journal: Journal,
     timeline: RunTimeline,
     actions: list[Any],
+    policies: list[tuple[RetryPolicy | None, RetryPolicy | None]],
     resume: bool,
     retrying: bool,
 ) -> tuple[bool, float]:
@@ -241,9 +290,19 @@ def _prepare(
     run = timeline.run
     steps = timeline.steps
     recorder = RunRecorder(journal, run.name, run.kind, run.resumable, run.run_id, timeline)
+    journal.track(run.run_id, recorder)  # the heartbeat keeps the claim, even while waiting
     queue._recorder = recorder
     queue._general = True
     queue._actions = actions
+    # The policies the run's queue had, unless the caller gave its own.
+    options = {}
+    for index, (journaled, journaled_rollback) in enumerate(policies):
+        retry = queue._retry or journaled
+        rollback_retry = queue._rollback_retry or journaled_rollback
+        if retry is not None or rollback_retry is not None:
+            options[index] = StepOptions(retry, rollback_retry, None)
+    if options:
+        queue._options = options
     started = [s.index for s in steps if s.started]
     forward = resume and run.resumable and run.status == "running" and not retrying
     now = journal.clock()
@@ -266,6 +325,11 @@ def _prepare(
         recorder.fresh_rollbacks = True  # an operator's retry gets its policy's full budget
     else:
         recorder.failed_rollbacks = {s.index for s in steps if s.status == "rollback_failed"}
+        for step in steps:
+            action = actions[step.index]
+            if step.status == "running" and _outcome_unknown(action):
+                queue._skip |= {step.index}
+                recorder.unknown_outcome(step.index, action)
     recorder.rolling_back = False
     queue._started = max(started) + 1 if started else 0
     queue._state = EXECUTE
@@ -273,10 +337,16 @@ def _prepare(
     return False, 0.0 if retrying else wait_for(("rolling_back",))
 
 
+def _outcome_unknown(action: object) -> bool:
+    """A function step whose do() was in flight: undo() needs a result nobody recorded."""
+    return isinstance(action, FunctionStep) and action.undo is not None and not action.done
+
+
 def _finish_sync(
     journal: Journal,
     timeline: RunTimeline,
     actions: list[Any],
+    policies: list[tuple[RetryPolicy | None, RetryPolicy | None]],
     resume: bool,
     retry: RetryPolicy | None,
     rollback_retry: RetryPolicy | None,
@@ -287,7 +357,7 @@ def _finish_sync(
     queue = ActionQueue(
         sleep=sleep, retry=retry, rollback_retry=rollback_retry, listeners=listeners
     )
-    forward, wait = _prepare(queue, journal, timeline, actions, resume, retrying)
+    forward, wait = _prepare(queue, journal, timeline, actions, policies, resume, retrying)
     if wait:
         queue._sleep(wait)
     if forward:
@@ -312,6 +382,7 @@ async def _finish_async(
     journal: Journal,
     timeline: RunTimeline,
     actions: list[Any],
+    policies: list[tuple[RetryPolicy | None, RetryPolicy | None]],
     resume: bool,
     retry: RetryPolicy | None,
     rollback_retry: RetryPolicy | None,
@@ -322,7 +393,7 @@ async def _finish_async(
     queue = AsyncActionQueue(
         sleep=sleep, retry=retry, rollback_retry=rollback_retry, listeners=listeners
     )
-    forward, wait = _prepare(queue, journal, timeline, actions, resume, retrying)
+    forward, wait = _prepare(queue, journal, timeline, actions, policies, resume, retrying)
     if wait:
         pause = queue._sleep(wait)
         if inspect.isawaitable(pause):

@@ -56,6 +56,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             idx INTEGER NOT NULL,
             type TEXT NOT NULL,
             state TEXT NOT NULL,
+            policies TEXT,
             status TEXT NOT NULL,
             attempts INTEGER NOT NULL DEFAULT 0,
             rollback_attempts INTEGER NOT NULL DEFAULT 0,
@@ -112,8 +113,9 @@ STEP_COLUMNS = (
     "rollback_finished_at",
     "error",
     "rollback_error",
+    "policies",
 )
-_UPDATABLE_STEP = frozenset(STEP_COLUMNS[2:])
+_UPDATABLE_STEP = frozenset(STEP_COLUMNS[2:-1])
 _UPDATABLE_RUN = frozenset({"status", "started", "error", "finished_at"})
 
 
@@ -239,10 +241,10 @@ class SQLJournal(Journal):
             cur.executemany(
                 self._sql(
                     "insert_step",
-                    "INSERT INTO {t}steps (run_id, idx, type, state, status) "
-                    "VALUES (?, ?, ?, ?, 'pending')",
+                    "INSERT INTO {t}steps (run_id, idx, type, state, policies, status) "
+                    "VALUES (?, ?, ?, ?, ?, 'pending')",
                 ),
-                [(run_id, s["idx"], s["type"], s["state"]) for s in steps],
+                [(run_id, s["idx"], s["type"], s["state"], s.get("policies")) for s in steps],
             )
             self._apply(cur, run_id, ops, now)
             fault("before_commit")
@@ -260,6 +262,11 @@ class SQLJournal(Journal):
         with self._write() as cur:
             cur.execute(sql, params)
             if cur.rowcount != 1:
+                cur.execute(
+                    self._sql("exists", "SELECT run_id FROM {t}runs WHERE run_id = ?"), (run_id,)
+                )
+                if cur.fetchone() is None:
+                    raise JournalError(f"no run {run_id} in the journal {self.url}", self.url)
                 raise LeaseLost(run_id, self.owner, self.url)
             self._apply(cur, run_id, ops, now)
             fault("before_commit")
@@ -342,9 +349,10 @@ class SQLJournal(Journal):
                 cur.execute(
                     self._placeholders(
                         f"UPDATE {self.prefix}runs SET lease_expires_at = ? WHERE owner = ? "
+                        f"AND status IN ({', '.join('?' * len(ACTIVE_STATUSES))}) "
                         f"AND run_id IN ({', '.join('?' * len(chunk))})"
                     ),
-                    (until, self.owner, *chunk),
+                    (until, self.owner, *ACTIVE_STATUSES, *chunk),
                 )
 
     # -- reading ------------------------------------------------------------------

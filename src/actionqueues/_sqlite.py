@@ -6,6 +6,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,26 +28,35 @@ class SQLiteJournal(SQLJournal):
     Args:
         path: The file (created, with its directory, if missing), or ``":memory:"``.
         busy_timeout: Seconds to wait for another process's write to finish.
+        read_only: Open an existing journal only to read it (``runs()``,
+            ``timeline()``): nothing is created, migrated or written, so it
+            works without write access. Writing raises :class:`JournalError`.
         **options: See :class:`~actionqueues.Journal`.
     """
 
-    def __init__(self, path: str, *, busy_timeout: float = 30.0, **options: Any) -> None:
+    def __init__(
+        self, path: str, *, busy_timeout: float = 30.0, read_only: bool = False, **options: Any
+    ) -> None:
         super().__init__(**options)
+        self.read_only = bool(read_only)
         if (
             isinstance(busy_timeout, bool)
             or not isinstance(busy_timeout, (int, float))
             or (busy_timeout < 0)
         ):
             raise ValueError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
-        self.path = path if path == ":memory:" else os.path.abspath(path)
+        self.path = path if path == ":memory:" else os.path.abspath(os.path.expanduser(path))
         self.url = "sqlite://" if path == ":memory:" else f"sqlite:///{self.path}"
         self._lock = threading.RLock()
         self._conn = self._connect(busy_timeout)
         try:
             with self._read() as cur:  # refuse a foreign or newer file before changing it
-                self._inspect(cur)
-            self._use_wal()
-            self._migrate()
+                found = self._inspect(cur)
+            if self.read_only:
+                self._check_readable(found)
+            else:
+                self._use_wal()
+                self._migrate()
         except BaseException:
             self._conn.close()
             raise
@@ -77,14 +87,23 @@ class SQLiteJournal(SQLJournal):
                 )
             directory = os.path.dirname(self.path)
             try:
-                os.makedirs(directory, exist_ok=True)
+                if not self.read_only:
+                    os.makedirs(directory, exist_ok=True)
             except OSError as exc:
                 raise JournalError(
                     f"cannot create the journal's directory {directory}: {exc}", self.url
                 ) from exc
         try:
+            if self.read_only and self.path != ":memory:":
+                target = "file:" + urllib.parse.quote(self.path) + "?mode=ro"
+            else:
+                target = self.path
             conn = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+                target,
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=target.startswith("file:"),
             )
         except sqlite3.Error as exc:
             raise self._fail("cannot open the journal", exc) from exc
@@ -94,6 +113,18 @@ class SQLiteJournal(SQLJournal):
             conn.close()
             raise self._fail("cannot open the journal", exc) from exc
         return conn
+
+    def _check_readable(self, found: int | None) -> None:
+        if found is None:
+            raise JournalError(
+                f"{self.path} is not an actionqueues journal (an empty database)", self.url
+            )
+        if found < SCHEMA_VERSION:  # pragma: no cover - there is one schema version so far
+            raise JournalError(
+                f"the journal {self.path} has schema version {found}; this actionqueues "
+                f"reads {SCHEMA_VERSION}: open it once for writing to migrate it",
+                self.url,
+            )
 
     def _use_wal(self) -> None:
         with self._lock:
@@ -158,8 +189,9 @@ class SQLiteJournal(SQLJournal):
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
-        if self.closed:
-            raise JournalError(f"the journal {self.url} is closed", self.url)
+        self._check_usable()
+        if self.read_only:
+            raise JournalError(f"the journal {self.url} was opened read-only", self.url)
         with self._lock:
             conn = self._conn
             try:
@@ -181,8 +213,7 @@ class SQLiteJournal(SQLJournal):
 
     @contextmanager
     def _read(self) -> Iterator[Any]:
-        if self.closed:
-            raise JournalError(f"the journal {self.url} is closed", self.url)
+        self._check_usable()
         with self._lock:
             cur = self._conn.cursor()
             try:

@@ -18,8 +18,10 @@ backends that can (see ``pytest_generate_tests``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -125,6 +127,20 @@ def world(clock: FakeClock) -> Iterator[None]:
     WORLD.reset(clock)
     yield
     WORLD.reset(None)
+
+
+@pytest.fixture(autouse=True)
+def no_real_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite never sleeps for real: a queue or recovery left with its default sleep fails."""
+
+    def refuse(seconds: float) -> None:
+        pytest.fail(f"the real time.sleep was called with {seconds!r}")
+
+    async def refuse_async(seconds: float, result: object = None) -> object:
+        pytest.fail(f"the real asyncio.sleep was called with {seconds!r}")
+
+    monkeypatch.setattr(time, "sleep", refuse)
+    monkeypatch.setattr(asyncio, "sleep", refuse_async)
 
 
 @pytest.fixture

@@ -81,7 +81,10 @@ class World:
         if pending:
             outcome = pending.pop(0)
             if isinstance(outcome, BaseException):
-                raise outcome
+                try:
+                    raise outcome
+                finally:
+                    del outcome  # this frame would hold the error it raised: a cycle
             outcome()
 
     def count(self, method: str, key: str) -> int:
@@ -178,6 +181,49 @@ def refund(result: dict[str, Any]) -> None:
     WORLD.ledger.pop(f"charge:{result['charge_id'][3:]}", None)
 
 
+@register_action("tests.journal.async_charge")
+@step
+async def async_charge(customer: str, cents: int) -> dict[str, Any]:
+    """A registered async @step function with an async compensation."""
+    WORLD.call("execute", f"charge:{customer}")
+    WORLD.ledger[f"charge:{customer}"] = cents
+    return {"charge_id": f"ch_{customer}", "cents": cents}
+
+
+@async_charge.compensate
+async def async_refund(result: dict[str, Any]) -> None:
+    WORLD.call("rollback", f"charge:{result['charge_id'][3:]}")
+    WORLD.undone.append(result)
+    WORLD.ledger.pop(f"charge:{result['charge_id'][3:]}", None)
+
+
+@register_action("tests.journal.notify")
+@step
+def notify(user: str) -> None:
+    """A registered @step without a compensation."""
+    WORLD.call("execute", f"notify:{user}")
+
+
+@register_action("tests.journal.picky")
+@dataclass
+class Picky(Action):
+    """An action whose class refuses some states with an exception of its own choosing."""
+
+    key: str
+
+    def __post_init__(self) -> None:
+        if self.key == "runtime":
+            raise RuntimeError("the configuration for 'runtime' is missing")
+        if self.key == "assertion":
+            raise AssertionError("invariant broken")
+
+    def execute(self) -> None:
+        WORLD.call("execute", self.key)
+
+    def rollback(self) -> None:
+        WORLD.call("rollback", self.key)
+
+
 class Killer:
     """An ``inject_faults`` hook that kills the "process" at a named point.
 
@@ -248,12 +294,13 @@ def write_run(
     *,
     name: str = "foreign",
     status: str = "running",
+    policies: str | None = None,
 ) -> None:
     """Write a run as some other program (or version) would: steps are (type, state, status).
 
     Uses the backend interface every journal implements (create), so that a
     test can put in what a queue of this process could not (an unknown type,
-    a state the type refuses).
+    a state the type refuses, retry policies as JSON for every step).
     """
     journal.create(
         {
@@ -265,7 +312,10 @@ def write_run(
             "steps": len(steps),
             "started": sum(1 for s in steps if s[2] != "pending"),
         },
-        [{"idx": i, "type": t, "state": s} for i, (t, s, _) in enumerate(steps)],
+        [
+            {"idx": i, "type": t, "state": s, "policies": policies}
+            for i, (t, s, _) in enumerate(steps)
+        ],
         [
             ("step", i, {"status": st, "attempts": 1, "started_at": journal.clock()})
             for i, (_, _, st) in enumerate(steps)

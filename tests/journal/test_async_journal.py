@@ -6,11 +6,20 @@ import asyncio
 
 import pytest
 
-from actionqueues import AsyncActionQueue, Journal, RetryPolicy, StepContext, current_step, recover
+from actionqueues import (
+    AsyncActionQueue,
+    Journal,
+    LeaseLost,
+    RetryPolicy,
+    StepContext,
+    current_step,
+    recover,
+    retry_rollback,
+)
 from actionqueues.testing import FakeClock, RecordingSleep, inject_faults
 
 from .conftest import LEASE, OpenOther
-from .helpers import WORLD, AsyncPut, Crash, Killer, Put, event_kinds, statuses
+from .helpers import WORLD, AsyncPut, Crash, Killer, Put, async_charge, event_kinds, statuses
 
 
 def test_an_async_happy_run_is_recorded(journal: Journal) -> None:
@@ -195,6 +204,85 @@ def test_an_async_retry_delay_running_at_the_crash_is_waited_out(
     assert [r.outcome for r in report.runs] == ["resumed"]
     assert waits == [100.0 - LEASE - 1]
     assert WORLD.ledger == {"a": 1}
+    assert journal.timeline(run_id).steps[0].attempts == 2  # the calls started, no more
+
+
+def test_an_async_retry_counts_its_call_when_it_starts(journal: Journal, clock: FakeClock) -> None:
+    """An async retry commits attempts+1 (and no next_retry_at) just before its call."""
+    seen: list[tuple[int, float | None]] = []
+
+    async def sleep(seconds: float) -> None:
+        step = journal.timeline(str(q.run_id)).steps[0]
+        seen.append((step.attempts, step.next_retry_at))
+        clock.advance(seconds)
+
+    def look() -> None:
+        step = journal.timeline(str(q.run_id)).steps[0]
+        seen.append((step.attempts, step.next_retry_at))
+
+    q = AsyncActionQueue(
+        journal=journal, retry=RetryPolicy(max_attempts=2, initial_delay=3.0), sleep=sleep
+    )
+    q.add(AsyncPut("a"))
+    WORLD.script("execute", "a", OSError("1"), look)
+    start = clock.now
+    asyncio.run(q.execute())
+    assert seen == [(1, start + 1 + 3.0), (2, None)]  # the failed call took 1 s
+    assert journal.timeline(str(q.run_id)).steps[0].attempts == 2
+
+
+def test_recover_refuses_to_run_inside_an_event_loop_and_claims_nothing(
+    journal: Journal, clock: FakeClock
+) -> None:
+    """recover()/retry_rollback() in a running loop: RuntimeError, no claim; to_thread works."""
+
+    async def first() -> str | None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(AsyncPut("a"))
+        WORLD.script("execute", "a", ValueError("no"))
+        with pytest.raises(ValueError, match="no"):
+            await q.execute()
+        return q.run_id
+
+    run_id = asyncio.run(first())
+    assert run_id is not None
+    clock.advance(LEASE + 1)
+    before = journal.timeline(run_id)
+
+    async def service_startup() -> list[str]:
+        with pytest.raises(RuntimeError, match=r"asyncio\.to_thread\(recover, journal"):
+            recover(journal)
+        with pytest.raises(RuntimeError, match=r"asyncio\.to_thread\(retry_rollback, journal"):
+            retry_rollback(journal, run_id)
+        assert journal.timeline(run_id) == before  # not claimed, no lease taken
+        report = await asyncio.to_thread(recover, journal)
+        return [r.outcome for r in report.runs]
+
+    assert asyncio.run(service_startup()) == ["rolled_back"]
+    assert WORLD.keys_called("rollback") == ["a"]
+    assert journal.timeline(run_id).run.recoveries == 1
+
+
+def test_an_async_queue_refuses_state_made_non_json_after_add_and_stays_usable(
+    journal: Journal,
+) -> None:
+    """Async execute() with a step made non-JSON after add(): TypeError, nothing run, usable."""
+
+    async def main() -> None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(AsyncPut("a"))
+        second = q.add(AsyncPut("b"))
+        second.receipt = {1, 2}  # type: ignore[assignment]
+        with pytest.raises(TypeError, match=r"state of step 1 .* is not JSON data"):
+            await q.execute()
+        assert WORLD.calls == []
+        assert journal.runs() == []
+        second.receipt = None
+        await q.execute()
+
+    asyncio.run(main())
+    assert [r.status for r in journal.runs()] == ["succeeded"]
+    assert WORLD.ledger == {"a": 1, "b": 1}
 
 
 def test_an_async_resume_taken_over_by_another_process_is_lost(
@@ -218,3 +306,59 @@ def test_an_async_resume_taken_over_by_another_process_is_lost(
     assert [r.outcome for r in report.runs] == ["lost"]
     assert WORLD.keys_called("rollback") == []
     assert journal.timeline(run_id).run.owner == "third"
+
+
+def test_an_async_takeover_during_a_retry_delay_stops_execute_and_rollback(
+    journal: Journal, clock: FakeClock, open_other: OpenOther
+) -> None:
+    """Async: a run claimed while a step waits to retry raises LeaseLost; no further call."""
+    other = open_other(clock=FakeClock(clock.now + 3 * LEASE))
+
+    async def sleep(seconds: float) -> None:
+        assert other.claim() is not None  # paused past its lease meanwhile
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal, retry=RetryPolicy(max_attempts=3), sleep=sleep)
+        q.add(AsyncPut("a"))
+        q.add(AsyncPut("b"))
+        WORLD.script("execute", "a", OSError("transient"))
+        with pytest.raises(LeaseLost):
+            await q.execute()
+        with pytest.raises(LeaseLost):
+            await q.rollback()
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    assert WORLD.keys_called("execute") == ["a"]
+    assert WORLD.keys_called("rollback") == []
+    run = journal.timeline(run_id).run
+    assert (run.owner, run.status) == ("recoverer", "running")
+
+
+def test_an_async_step_function_in_flight_at_the_crash_needs_attention(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """An async @step whose result was never recorded: no undo, needs_attention, then retryable."""
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(AsyncPut("a"))
+        q.add(async_charge("eve", 10))
+        with inject_faults(Killer("after_execute", nth=2)), pytest.raises(Crash):
+            await q.execute()
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    report = recover(open_other())
+    assert [(r.outcome, r.status) for r in report.runs] == [("needs_attention", "needs_attention")]
+    assert WORLD.undone == []
+    assert WORLD.keys_called("rollback") == ["a"]
+    error = journal.timeline(run_id).steps[1].rollback_error
+    assert error is not None
+    assert f"idempotency key {run_id}:1" in error
+    result = retry_rollback(journal, run_id)
+    assert (result.outcome, result.status) == ("rolled_back", "rolled_back")
+    assert statuses(journal, run_id) == ["rolled_back", "rolled_back"]
+    assert WORLD.undone == []

@@ -9,7 +9,7 @@ import pytest
 from actionqueues import Journal, JournalError, LeaseLost, open_journal
 from actionqueues.testing import FakeClock
 
-from .conftest import LEASE
+from .conftest import LEASE, OpenOther
 from .helpers import write_run
 
 RUN = "33333333-3333-4333-8333-333333333333"
@@ -40,11 +40,24 @@ def test_only_known_run_columns_can_be_committed(journal: Journal) -> None:
             journal.commit(RUN, {column: "x"}, [])
 
 
-def test_a_commit_to_a_run_this_owner_does_not_hold_raises_lease_lost(journal: Journal) -> None:
-    """commit() on a run that does not exist (or is not ours) raises LeaseLost, writes nothing."""
+def test_a_commit_to_a_run_that_does_not_exist_is_a_journal_error(journal: Journal) -> None:
+    """commit() on a run that does not exist: JournalError saying so (not LeaseLost)."""
+    with pytest.raises(JournalError, match="no run") as caught:
+        journal.commit(RUN, {"status": "failed"}, [("event", None, "failed", "x")])
+    assert not isinstance(caught.value, LeaseLost)
+    assert journal.runs() == []
+
+
+def test_a_commit_to_a_run_another_owner_holds_raises_lease_lost(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """commit() on a run another owner claimed raises LeaseLost and writes nothing."""
+    write_run(journal, RUN, [("tests.journal.put", '{"key":"a"}', "running")])
+    assert open_other().claim() is not None
+    before = journal.timeline(RUN)
     with pytest.raises(LeaseLost):
         journal.commit(RUN, {"status": "failed"}, [("event", None, "failed", "x")])
-    assert journal.runs() == []
+    assert journal.timeline(RUN) == before
 
 
 def test_creating_a_run_twice_fails_and_changes_nothing(journal: Journal) -> None:
@@ -84,6 +97,27 @@ def test_renew_takes_any_number_of_runs(journal: Journal, clock: FakeClock) -> N
     journal.renew([f"missing-{i}" for i in range(700)] + [RUN])
     assert journal.timeline(RUN).run.lease_expires_at == clock.now + LEASE
     journal.renew([])
+
+
+@pytest.mark.parametrize("status", ["succeeded", "rolled_back", "needs_attention"])
+def test_renew_leaves_a_finished_run_without_a_lease(
+    journal: Journal, clock: FakeClock, status: str
+) -> None:
+    """renew() only extends active runs: a finished run keeps lease 0 (retryable at once)."""
+    write_run(journal, RUN, [("tests.journal.put", '{"key":"a"}', "running")])
+    journal.commit(RUN, {"status": status, "finished_at": clock.now}, [])
+    clock.advance(10)
+    journal.renew([RUN])
+    assert journal.timeline(RUN).run.lease_expires_at == 0.0
+
+
+@pytest.mark.parametrize("status", ["running", "failed", "rolling_back"])
+def test_renew_extends_an_active_run(journal: Journal, clock: FakeClock, status: str) -> None:
+    """renew() extends the lease of a running, failed or rolling_back run of this owner."""
+    write_run(journal, RUN, [("tests.journal.put", '{"key":"a"}', "running")], status=status)
+    clock.advance(10)
+    journal.renew([RUN])
+    assert journal.timeline(RUN).run.lease_expires_at == clock.now + LEASE
 
 
 def test_an_ambiguous_prefix_is_a_key_error(journal: Journal) -> None:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import weakref
 
 import pytest
 
 from actionqueues import (
     ActionQueue,
+    BaseListener,
     Journal,
     JournalError,
     LeaseLost,
     RetryPolicy,
+    RollbackFailed,
     open_journal,
     recover,
+    retry_rollback,
 )
 from actionqueues.testing import FakeClock, RecordingSleep, inject_faults
 
@@ -190,34 +194,131 @@ def test_a_queue_whose_run_was_taken_over_stops_with_lease_lost(
     assert statuses(journal, q.run_id) == ["succeeded", "running", "pending"]
 
 
-def test_a_rollback_whose_run_was_taken_over_logs_and_goes_on(
+def test_a_rollback_whose_run_was_taken_over_stops_with_lease_lost(
     journal: Journal, open_other: OpenOther, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """rollback() after a takeover writes nothing more, logs it, and still compensates."""
-    q = ActionQueue(
-        journal=journal,
-        rollback_retry=RetryPolicy(max_attempts=2, initial_delay=1.0),
-        sleep=RecordingSleep(),
-    )
-    q.add(Put("a"))
-    WORLD.script("execute", "a", ValueError("no"))
-    WORLD.script("rollback", "a", OSError("flaky"))
-    with pytest.raises(ValueError, match="no"):
-        q.execute()
-    assert q.run_id is not None
-    run_id = q.run_id
+    """rollback() after a takeover raises LeaseLost before any call, logged once, writes nothing."""
+    q, run_id = failed_run(journal)
     other = open_other()
     assert other.claim() is not None
+    before = journal.timeline(run_id)
     commits: list[str] = []
     with caplog.at_level(logging.ERROR, "actionqueues"), inject_faults(commits.append):
-        report = q.rollback()
-    assert report.ok
-    assert "after_commit" not in commits  # not even the retry was recorded
-    assert WORLD.keys_called("rollback") == ["a", "a"]
+        with pytest.raises(LeaseLost) as caught:
+            q.rollback()
+        assert caught.value.run_id == run_id
+        with pytest.raises(LeaseLost):  # asked again: still nothing called
+            q.rollback()
+    assert "after_commit" not in commits
+    assert WORLD.keys_called("rollback") == []  # the new owner rolls back, not this one
     messages = [r.getMessage() for r in caplog.records]
-    assert any("another process owns the run now" in m for m in messages)
-    run = journal.timeline(run_id).run
-    assert (run.owner, run.status) == ("recoverer", "failed")
+    assert len(messages) == 1
+    assert "another process owns the run now: this one stops" in messages[0]
+    assert journal.timeline(run_id) == before
+    assert (before.run.owner, before.run.status) == ("recoverer", "failed")
+
+
+@pytest.mark.parametrize("when", ["in the failing call", "during the retry delay"])
+def test_a_takeover_during_an_execute_retry_stops_execute_with_lease_lost(
+    journal: Journal, clock: FakeClock, open_other: OpenOther, when: str
+) -> None:
+    """A run claimed while a step retries: execute() raises LeaseLost; no further call is made."""
+    other = open_other(clock=FakeClock(clock.now + 3 * LEASE))
+
+    def claim() -> None:
+        assert other.claim() is not None
+
+    def claim_then_fail() -> None:
+        claim()
+        raise OSError("transient")
+
+    def sleep(seconds: float) -> None:
+        if when == "during the retry delay":
+            claim()
+
+    q = ActionQueue(journal=journal, retry=RetryPolicy(max_attempts=3), sleep=sleep)
+    q.add(Put("a"))
+    q.add(Put("b"))
+    if when == "in the failing call":
+        WORLD.script("execute", "a", claim_then_fail)
+    else:
+        WORLD.script("execute", "a", OSError("transient"))
+    with pytest.raises(LeaseLost) as caught:
+        q.execute()
+    assert caught.value.run_id == q.run_id
+    with pytest.raises(LeaseLost):  # the usual clean-up after a failed execute
+        q.rollback()
+    assert WORLD.keys_called("execute") == ["a"]  # no retry, and b never started
+    assert WORLD.keys_called("rollback") == []
+    assert q.run_id is not None
+    timeline = journal.timeline(q.run_id)
+    assert (timeline.run.owner, timeline.run.status) == ("recoverer", "running")
+    assert [(s.status, s.attempts) for s in timeline.steps] == [("running", 1), ("pending", 0)]
+
+
+def test_a_takeover_during_a_rollback_retry_stops_the_rollback(
+    journal: Journal, clock: FakeClock, open_other: OpenOther, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run claimed while a rollback retries: rollback() raises LeaseLost, no further call."""
+    other = open_other(clock=FakeClock(clock.now + 3 * LEASE))
+
+    def claim_then_fail() -> None:
+        assert other.claim() is not None
+        raise OSError("flaky")
+
+    q = ActionQueue(
+        journal=journal,
+        rollback_retry=RetryPolicy(max_attempts=3, initial_delay=1.0),
+        sleep=RecordingSleep(),
+    )
+    for key in "abc":
+        q.add(Put(key))
+    WORLD.script("execute", "c", ValueError("no"))
+    WORLD.script("rollback", "b", claim_then_fail)
+    with pytest.raises(ValueError, match="no"):
+        q.execute()
+    with caplog.at_level(logging.ERROR, "actionqueues"), pytest.raises(LeaseLost):
+        q.rollback()
+    assert WORLD.keys_called("rollback") == ["c", "b"]  # b not retried, a left to the new owner
+    lost = [m for m in caplog.messages if "another process owns the run now" in m]
+    assert len(lost) == 1
+    assert q.run_id is not None
+    timeline = journal.timeline(q.run_id)
+    assert (timeline.run.owner, timeline.run.status) == ("recoverer", "rolling_back")
+    assert [s.status for s in timeline.steps] == ["succeeded", "rolling_back", "rolled_back"]
+
+
+def test_a_takeover_during_a_rollback_retry_is_not_reported_as_a_failed_rollback(
+    journal: Journal, clock: FakeClock, open_other: OpenOther, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lost lease in a rollback retry is not logged or heard as that step's rollback failure."""
+    other = open_other(clock=FakeClock(clock.now + 3 * LEASE))
+    heard: list[RollbackFailed] = []
+
+    class Listener(BaseListener):
+        def on_rollback_failed(self, event: RollbackFailed) -> None:
+            heard.append(event)
+
+    def claim_then_fail() -> None:
+        assert other.claim() is not None
+        raise OSError("flaky")
+
+    q = ActionQueue(
+        journal=journal,
+        rollback_retry=RetryPolicy(max_attempts=3, initial_delay=1.0),
+        sleep=RecordingSleep(),
+        listeners=[Listener()],
+    )
+    q.add(Put("a"))
+    q.add(Put("b"))
+    WORLD.script("execute", "b", ValueError("no"))
+    WORLD.script("rollback", "b", claim_then_fail)
+    with pytest.raises(ValueError, match="no"):
+        q.execute()
+    with caplog.at_level(logging.ERROR, "actionqueues"), pytest.raises(LeaseLost):
+        q.rollback()
+    assert not [m for m in caplog.messages if "continuing with the earlier steps" in m]
+    assert heard == []
 
 
 def test_recovery_that_loses_its_run_during_a_rollback_reports_it_lost(
@@ -270,6 +371,60 @@ def test_heartbeat_renews_only_the_runs_of_live_queues(journal: Journal, clock: 
 
     kept.rollback()  # finished: no longer tracked
     assert journal.heartbeat() == 0
+
+
+def test_a_journaled_queue_is_in_no_reference_cycle(journal: Journal) -> None:
+    """With the cyclic GC off, a journaled queue (its add() included) is freed once dropped."""
+    gc.disable()
+    try:
+        q = ActionQueue(journal=journal)
+        q.add(Put("a"))
+        q.add(Put("b"))
+        alive = weakref.ref(q)
+        del q
+        assert alive() is None
+    finally:
+        gc.enable()
+
+
+def test_a_dropped_failed_queue_stops_being_renewed_without_the_cyclic_gc(
+    journal: Journal, clock: FakeClock
+) -> None:
+    """A queue dropped after execute() raised is not renewed, even before any gc.collect()."""
+    gc.disable()
+    try:
+        dropped, run_id = failed_run(journal)
+        lease_before = journal.timeline(run_id).run.lease_expires_at
+        assert journal.heartbeat() == 1
+        del dropped
+        clock.advance(10)
+        assert journal.heartbeat() == 0
+    finally:
+        gc.enable()
+    assert journal.timeline(run_id).run.lease_expires_at == lease_before
+
+
+def test_a_heartbeat_that_read_a_run_before_it_finished_does_not_renew_it(
+    journal: Journal, clock: FakeClock
+) -> None:
+    """renew() skips finished runs: a late heartbeat leaves a needs_attention run retryable."""
+    q = ActionQueue(journal=journal)
+    q.add(Put("a"))
+    WORLD.script("execute", "a", ValueError("no"))
+    WORLD.script("rollback", "a", OSError("refund api down"))
+    with pytest.raises(ValueError, match="no"):
+        q.execute()
+    assert q.run_id is not None
+    run_id = q.run_id
+    assert journal.heartbeat() == 1
+    clock.advance(5)
+    journal.renew([run_id])  # ... the heartbeat read its list before this rollback ...
+    assert not q.rollback().ok  # ... which ends the run needs_attention, lease 0 ...
+    clock.advance(5)
+    journal.renew([run_id])  # ... then it renews
+    run = journal.timeline(run_id).run
+    assert (run.status, run.lease_expires_at) == ("needs_attention", 0.0)
+    assert retry_rollback(journal, run_id, sleep=RecordingSleep()).outcome == "rolled_back"
 
 
 def test_heartbeat_does_not_renew_a_run_another_process_took(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 
 import pytest
 
-from actionqueues import ActionQueue, Journal, RetryPolicy, recover
+from actionqueues import ActionQueue, Journal, RetryPolicy, recover, retry_rollback
 from actionqueues.testing import FakeClock, RecordingSleep, inject_faults
 
 from .conftest import LEASE, OpenOther
@@ -20,6 +21,7 @@ from .helpers import (
     charge,
     crashed_run,
     event_kinds,
+    notify,
     statuses,
     write_run,
 )
@@ -326,8 +328,90 @@ def test_a_retry_delay_running_at_the_crash_is_waited_out(
     assert waits.calls == [100.0 - LEASE - 1]
     assert WORLD.count("execute", "b") == 2
     b = journal.timeline(q.run_id).steps[1]
-    # the call scheduled before the crash counts as made: one too many, never too few
-    assert (b.status, b.attempts, b.next_retry_at) == ("succeeded", 3, None)
+    # attempts count calls started: the one before the crash and the one after it
+    assert (b.status, b.attempts, b.next_retry_at) == ("succeeded", 2, None)
+
+
+def test_a_crash_during_a_retry_delay_costs_no_attempt(
+    journal: Journal, clock: FakeClock, open_other: OpenOther
+) -> None:
+    """max_attempts=3 across a crash in a retry delay: exactly 3 calls in all, 3 recorded."""
+    policy = RetryPolicy(max_attempts=3, initial_delay=10.0, max_delay=10.0)
+    killer = Killer()
+    WORLD.always_fail("execute", "a", OSError("flaky"))
+    q = ActionQueue(journal=journal, resumable=True, retry=policy, sleep=lambda _: killer.kill())
+    q.add(Put("a"))
+    with inject_faults(killer), pytest.raises(Crash):
+        q.execute()
+    assert q.run_id is not None
+    a = journal.timeline(q.run_id).steps[0]
+    assert (a.attempts, a.next_retry_at) == (1, clock.now + 10.0)
+
+    report = recover(open_other(), retry=policy, sleep=RecordingSleep())
+    assert [r.outcome for r in report.runs] == ["rolled_back"]  # the resume failed for good
+    assert WORLD.count("execute", "a") == 3
+    a = journal.timeline(q.run_id).steps[0]
+    assert (a.status, a.attempts, a.error) == ("rolled_back", 3, "OSError: flaky")
+
+
+def test_a_crash_during_a_rollback_retry_delay_costs_no_rollback_attempt(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """A crash while a rollback waits to retry: recovery has exactly the attempts left."""
+    policy = RetryPolicy(max_attempts=3, initial_delay=1.0)
+    killer = Killer()
+    WORLD.script("execute", "a", ValueError("no"))
+    WORLD.always_fail("rollback", "a", OSError("refund api down"))
+    q = ActionQueue(journal=journal, rollback_retry=policy, sleep=lambda _: killer.kill())
+    q.add(Put("a"))
+    with pytest.raises(ValueError, match="no"):
+        q.execute()
+    with inject_faults(killer), pytest.raises(Crash):
+        q.rollback()
+    assert q.run_id is not None
+    assert journal.timeline(q.run_id).steps[0].rollback_attempts == 1
+
+    report = recover(open_other(), rollback_retry=policy, sleep=RecordingSleep())
+    assert [r.outcome for r in report.runs] == ["needs_attention"]
+    assert WORLD.count("rollback", "a") == 3
+    assert journal.timeline(q.run_id).steps[0].rollback_attempts == 3
+
+
+def test_recovery_keeps_its_claim_while_it_waits_out_a_retry_delay(
+    journal: Journal, clock: FakeClock, open_other: OpenOther
+) -> None:
+    """Waiting out a delay longer than a lease, the recoverer's heartbeat keeps the run."""
+    policy = RetryPolicy(max_attempts=3, initial_delay=100.0, max_delay=100.0)
+    killer = Killer()
+    WORLD.script("execute", "a", OSError("busy"))
+    q = ActionQueue(journal=journal, resumable=True, retry=policy, sleep=lambda _: killer.kill())
+    q.add(Put("a"))
+    with inject_faults(killer), pytest.raises(Crash):
+        q.execute()
+    assert q.run_id is not None
+
+    their_clock = FakeClock(clock.now + LEASE + 1)
+    recoverer = open_other(clock=their_clock)
+    third = open_other("third", clock=their_clock)
+    beats: list[int] = []
+    stolen: list[object] = []
+
+    def sleep(seconds: float) -> None:  # a wait of two leases, with beats as the thread would
+        assert seconds == 100.0 - LEASE - 1 > 2 * LEASE
+        end = their_clock.now + seconds
+        while their_clock.now < end:
+            their_clock.advance(min(LEASE / 3, end - their_clock.now))
+            beats.append(recoverer.heartbeat())
+            stolen.append(third.claim())
+
+    report = recover(recoverer, retry=policy, sleep=sleep)
+    assert beats == [1] * len(beats)
+    assert stolen == [None] * len(beats)
+    assert [r.outcome for r in report.runs] == ["resumed"]
+    assert WORLD.count("execute", "a") == 2
+    run = journal.timeline(q.run_id).run
+    assert (run.owner, run.status, run.recoveries) == ("recoverer", "succeeded", 1)
+    assert recoverer.heartbeat() == 0  # finished: no longer tracked
 
 
 def test_a_crash_during_a_rollback_retry_leaves_fewer_rollback_attempts(
@@ -455,14 +539,119 @@ def test_recovery_rebuilds_step_functions_and_undoes_with_their_result(
     assert WORLD.ledger == {}
 
 
-def test_a_step_function_that_never_returned_is_not_undone_by_recovery(
+@pytest.mark.parametrize("point", ["after_step_record", "after_execute"])
+def test_a_step_function_in_flight_at_the_crash_needs_attention_instead_of_an_undo(
+    journal: Journal, open_other: OpenOther, point: str
+) -> None:
+    """A @step whose result was never recorded: no undo, needs_attention naming its key."""
+    q = ActionQueue(journal=journal)
+    q.add(Put("a"))
+    q.add(charge("eve", 10))
+    q.add(Put("c"))
+    with inject_faults(Killer(point, nth=2)), pytest.raises(Crash):
+        q.execute()
+    assert q.run_id is not None
+    run_id = q.run_id
+    assert statuses(journal, run_id) == ["succeeded", "running", "pending"]
+
+    report = recover(open_other())
+    assert [(r.outcome, r.status) for r in report.runs] == [("needs_attention", "needs_attention")]
+    assert report.runs[0].error == "the rollback of step(s) 1 failed"
+    assert WORLD.undone == []  # refund() needs the charge's result, which nobody knows
+    assert WORLD.keys_called("rollback") == ["a"]  # the other started steps are rolled back
+    timeline = journal.timeline(run_id)
+    assert statuses(journal, run_id) == ["rolled_back", "rollback_failed", "pending"]
+    error = timeline.steps[1].rollback_error
+    assert error is not None
+    assert "was running when its process died, so its result is unknown" in error
+    assert f"idempotency key {run_id}:1" in error
+    assert timeline.events[-1].kind == "rollback_failed"
+    assert timeline.events[-1].detail == error
+
+    # The operator checked the charge (and refunded it by hand): retrying treats it as done.
+    result = retry_rollback(journal, run_id, sleep=RecordingSleep())
+    assert (result.outcome, result.status) == ("rolled_back", "rolled_back")
+    assert WORLD.undone == []
+    assert WORLD.keys_called("rollback") == ["a"]  # a is not rolled back twice
+    assert statuses(journal, run_id) == ["rolled_back", "rolled_back", "pending"]
+    assert journal.timeline(run_id).steps[1].rollback_error is None
+
+
+def test_a_step_function_without_undo_in_flight_at_the_crash_is_rolled_back(
     journal: Journal, open_other: OpenOther
 ) -> None:
-    """A @step in flight at the crash has no result, so its undo is not called."""
+    """A @step with nothing to undo does not need attention when it was in flight."""
     q = ActionQueue(journal=journal)
-    q.add(charge("eve", 10))
-    with inject_faults(Killer("after_step_record")), pytest.raises(Crash):
+    q.add(Put("a"))
+    q.add(notify("eve"))
+    with inject_faults(Killer("after_execute", nth=2)), pytest.raises(Crash):
         q.execute()
+    assert q.run_id is not None
     report = recover(open_other())
-    assert [r.outcome for r in report.runs] == ["rolled_back"]
-    assert WORLD.undone == []
+    assert [(r.outcome, r.status) for r in report.runs] == [("rolled_back", "rolled_back")]
+    assert statuses(journal, q.run_id) == ["rolled_back", "rolled_back"]
+    assert WORLD.keys_called("rollback") == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [("runtime", "configuration for 'runtime' is missing"), ("assertion", "invariant broken")],
+)
+def test_a_run_whose_class_raises_any_exception_when_rebuilt_is_marked_and_the_next_recovered(
+    journal: Journal, clock: FakeClock, key: str, message: str
+) -> None:
+    """Whatever the class raises when rebuilt: the run is unrecoverable, the next run recovered."""
+    bad = "44444444-4444-4444-8444-444444444444"
+    write_run(journal, bad, [("tests.journal.picky", json.dumps({"key": key}), "running")])
+    clock.advance(1)
+    good = crashed_run(journal, "after_execute", keys="z")
+    clock.advance(LEASE + 1)
+
+    report = recover(journal)
+    assert [(r.run_id, r.outcome, r.status) for r in report.runs] == [
+        (bad, "unrecoverable", "needs_attention"),
+        (good, "rolled_back", "rolled_back"),
+    ]
+    error = report.runs[0].error
+    assert error is not None
+    assert error.startswith("cannot rebuild the run's steps: ")
+    assert message in error
+    timeline = journal.timeline(bad)
+    assert (timeline.run.status, timeline.run.error) == ("needs_attention", error)
+    assert [k for _, k in event_kinds(journal, bad)] == ["claimed", "unrecoverable"]
+    assert WORLD.keys_called("rollback") == ["z"]
+    assert journal.heartbeat() == 0  # neither run is still tracked
+
+
+def test_an_unexpected_error_while_finishing_a_run_marks_it_and_recovery_moves_on(
+    journal: Journal, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug raising while a run is finished: it needs attention, the next run is recovered."""
+    first = crashed_run(journal, "after_execute", keys="a")
+    clock.advance(1)
+    second = crashed_run(journal, "after_execute", keys="b")
+    clock.advance(LEASE + 1)
+    raised: list[str] = []
+
+    def bug(point: str) -> None:
+        if point == "after_rollback" and not raised:
+            raised.append(point)
+            raise RuntimeError("a bug in the middle of a rollback")
+
+    with caplog.at_level(logging.ERROR, "actionqueues"), inject_faults(bug):
+        report = recover(journal)
+    assert [(r.run_id, r.outcome, r.status) for r in report.runs] == [
+        (first, "unrecoverable", "needs_attention"),
+        (second, "rolled_back", "rolled_back"),
+    ]
+    error = report.runs[0].error
+    assert error == "recovery failed: RuntimeError('a bug in the middle of a rollback')"
+    timeline = journal.timeline(first)
+    assert (timeline.run.status, timeline.run.error) == ("needs_attention", error)
+    assert [k for _, k in event_kinds(journal, first)][-1] == "unrecoverable"
+    failed = [r for r in caplog.records if "recovery failed unexpectedly" in r.getMessage()]
+    assert len(failed) == 1
+    assert failed[0].exc_info is not None
+    assert WORLD.keys_called("rollback") == ["a", "b"]
+    assert journal.heartbeat() == 0
+    assert recover(journal).runs == ()  # the marked run waits for an operator

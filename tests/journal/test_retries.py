@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Callable
+
 import pytest
 
 from actionqueues import ActionQueue, Journal, RetryPolicy, StepRecord, open_journal, retry_rollback
 from actionqueues.testing import FakeClock, RecordingSleep
 
+from .conftest import LEASE, OpenOther
 from .helpers import WORLD, Put, event_kinds, statuses
 
 
@@ -14,30 +18,48 @@ def policy(attempts: int = 3) -> RetryPolicy:
     return RetryPolicy(max_attempts=attempts, initial_delay=1.0, multiplier=2.0)
 
 
-def test_each_retry_commits_its_attempt_count_and_next_retry_time(
+def test_a_retry_commits_when_it_is_scheduled_and_again_when_its_call_starts(
     journal: Journal, clock: FakeClock
 ) -> None:
-    """A retried execute commits attempts and next_retry_at before each wait."""
-    seen: list[tuple[float, StepRecord]] = []
+    """A retry commits next_retry_at (attempts unchanged), then attempts+1 as its call starts."""
+    waiting: list[tuple[float, StepRecord]] = []
+    calling: list[StepRecord] = []
 
     def sleep(seconds: float) -> None:
-        seen.append((seconds, journal.timeline(str(q.run_id)).steps[1]))
+        waiting.append((seconds, journal.timeline(str(q.run_id)).steps[1]))
         clock.advance(seconds)
+
+    def seen_then(error: BaseException | None) -> Callable[[], None]:
+        def outcome() -> None:
+            calling.append(journal.timeline(str(q.run_id)).steps[1])
+            if error is not None:
+                raise error
+
+        return outcome
 
     q = ActionQueue(journal=journal, retry=policy(), sleep=sleep)
     q.add(Put("a"))
     q.add(Put("b"))
-    WORLD.script("execute", "b", TimeoutError("slow"), ConnectionError("reset"))
+    WORLD.script(
+        "execute",
+        "b",
+        seen_then(TimeoutError("slow")),
+        seen_then(ConnectionError("reset")),
+        seen_then(None),
+    )
     q.execute()
 
-    assert [delay for delay, _ in seen] == [1.0, 2.0]
-    first, second = seen[0][1], seen[1][1]
-    assert (first.status, first.attempts) == ("running", 2)
-    assert (second.status, second.attempts) == ("running", 3)
+    assert [delay for delay, _ in waiting] == [1.0, 2.0]
+    first, second = waiting[0][1], waiting[1][1]
+    # while waiting: the calls started so far, and when the next one is due
+    assert (first.status, first.attempts) == ("running", 1)
+    assert (second.status, second.attempts) == ("running", 2)
     # each call takes 1 s of the clock: next retry = end of the failed call + the delay
     assert first.started_at is not None
     assert first.next_retry_at == first.started_at + 1 + 1.0
     assert second.next_retry_at == first.started_at + 1 + 1.0 + 1 + 2.0
+    # in each call: that call counted, nothing due any more
+    assert [(s.attempts, s.next_retry_at) for s in calling] == [(1, None), (2, None), (3, None)]
     assert q.run_id is not None
     done = journal.timeline(q.run_id)
     b = done.steps[1]
@@ -48,6 +70,39 @@ def test_each_retry_commits_its_attempt_count_and_next_retry_time(
     assert "attempt 1: TimeoutError: slow; next in 1.000s" in done.events[0].detail
     assert "attempt 2: ConnectionError: reset" in done.events[1].detail
     assert WORLD.count("execute", "b") == 3
+
+
+def test_a_rollback_retry_counts_its_call_when_it_starts(
+    journal: Journal, clock: FakeClock
+) -> None:
+    """rollback_attempts counts rollback calls started: unchanged while waiting, +1 at the call."""
+    waiting: list[StepRecord] = []
+    calling: list[StepRecord] = []
+
+    def sleep(seconds: float) -> None:
+        waiting.append(journal.timeline(str(q.run_id)).steps[0])
+        clock.advance(seconds)
+
+    def refund_fails() -> None:
+        calling.append(journal.timeline(str(q.run_id)).steps[0])
+        raise ConnectionError("refund api down")
+
+    q = ActionQueue(journal=journal, rollback_retry=policy(3), sleep=sleep)
+    q.add(Put("a"))
+    WORLD.script("execute", "a", ValueError("no"))
+    WORLD.script(
+        "rollback",
+        "a",
+        refund_fails,
+        lambda: calling.append(journal.timeline(str(q.run_id)).steps[0]),
+    )
+    with pytest.raises(ValueError, match="no"):
+        q.execute()
+    assert q.rollback().ok
+    assert [(s.rollback_attempts, s.next_retry_at is None) for s in waiting] == [(1, False)]
+    assert [(s.rollback_attempts, s.next_retry_at) for s in calling] == [(1, None), (2, None)]
+    assert q.run_id is not None
+    assert journal.timeline(q.run_id).steps[0].rollback_attempts == 2
 
 
 def test_a_step_that_exhausts_its_retries_records_every_error(journal: Journal) -> None:
@@ -162,16 +217,32 @@ def test_retry_rollback_finishes_a_run_that_needs_attention(journal: Journal) ->
 
 
 def test_retry_rollback_that_fails_again_still_needs_attention(journal: Journal) -> None:
-    """A retried rollback that fails again leaves the run needs_attention, error recorded."""
+    """A retried rollback failing through the run's journaled policy stays needs_attention."""
     _, run_id = failing_rollback(journal)
-    WORLD.script("rollback", "a", ConnectionError("refund #4"))
-    result = retry_rollback(journal, run_id)
+    WORLD.script("rollback", "a", *(ConnectionError(f"refund #{i}") for i in (4, 5, 6)))
+    sleep = RecordingSleep()
+    result = retry_rollback(journal, run_id, sleep=sleep)
     assert (result.outcome, result.status) == ("needs_attention", "needs_attention")
     assert result.error == "the rollback of step(s) 0 failed"
+    assert sleep.calls == [1.0, 2.0]  # the queue's policy(3), from the journal, afresh
+    a = journal.timeline(run_id).steps[0]
+    assert (a.status, a.rollback_attempts) == ("rollback_failed", 6)
+    assert a.rollback_error == "ConnectionError: refund #6"
+    assert WORLD.count("rollback", "b") == 1
+
+
+def test_retry_rollback_with_an_explicit_policy_that_fails_again_needs_attention(
+    journal: Journal,
+) -> None:
+    """retry_rollback(rollback_retry=) overrides the journaled policy: one failure, one call."""
+    _, run_id = failing_rollback(journal)
+    WORLD.script("rollback", "a", ConnectionError("refund #4"))
+    result = retry_rollback(journal, run_id, rollback_retry=policy(1), sleep=RecordingSleep())
+    assert (result.outcome, result.status) == ("needs_attention", "needs_attention")
     a = journal.timeline(run_id).steps[0]
     assert (a.status, a.rollback_attempts) == ("rollback_failed", 4)
     assert a.rollback_error == "ConnectionError: refund #4"
-    assert WORLD.count("rollback", "b") == 1
+    assert WORLD.count("rollback", "a") == 4
 
 
 def test_retry_rollback_gets_its_own_retry_budget(journal: Journal) -> None:
@@ -185,7 +256,7 @@ def test_retry_rollback_gets_its_own_retry_budget(journal: Journal) -> None:
 
     result = retry_rollback(journal, run_id, rollback_retry=policy(3), sleep=sleep)
     assert result.outcome == "rolled_back"
-    assert counted == [5]  # recorded while waiting: 3 before, 1 failed now, 1 due
+    assert counted == [4]  # started while waiting: 3 before, 1 now (the next is not yet)
     assert WORLD.count("rollback", "a") == 5
     assert journal.timeline(run_id).steps[0].rollback_attempts == 5
 
@@ -196,9 +267,33 @@ def test_retry_rollback_refuses_a_run_that_does_not_need_attention(journal: Jour
     q.add(Put("a"))
     q.execute()
     assert q.run_id is not None
-    with pytest.raises(ValueError, match="succeeded, not needs_attention"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^run {q.run_id} is succeeded: only a run that needs attention can have its "
+        r"rollback retried$",
+    ):
         retry_rollback(journal, q.run_id)
     assert journal.timeline(q.run_id).run.status == "succeeded"
+
+
+def test_retry_rollback_refuses_a_run_being_retried_and_says_by_whom_until_when(
+    journal: Journal, clock: FakeClock, open_other: OpenOther
+) -> None:
+    """A needs_attention run another process is retrying: ValueError naming it and its lease."""
+    _, run_id = failing_rollback(journal)
+    their_clock = FakeClock(clock.now)
+    assert open_other(clock=their_clock).claim(run_id, statuses=["needs_attention"]) is not None
+    until = datetime.datetime.fromtimestamp(their_clock.now + LEASE, datetime.timezone.utc)
+    with pytest.raises(ValueError, match="is being retried by recoverer right now") as caught:
+        retry_rollback(journal, run_id, sleep=RecordingSleep())
+    assert str(caught.value) == (
+        f"run {run_id} is being retried by recoverer right now (its lease runs until "
+        f"{until.isoformat(timespec='seconds')})"
+    )
+    assert "+00:00" in str(caught.value)
+    run = journal.timeline(run_id).run
+    assert (run.status, run.owner) == ("needs_attention", "recoverer")
+    assert WORLD.count("rollback", "a") == 3  # nothing called by the refused retry
 
 
 def test_retry_rollback_of_an_unknown_run_raises_key_error(journal: Journal) -> None:

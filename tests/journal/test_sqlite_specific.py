@@ -117,7 +117,10 @@ def test_a_read_only_journal_file_is_reported(
 
     def read_only(path: str, **kwargs: Any) -> sqlite3.Connection:
         # What SQLite does on a read-only file system, even for root: open, but never write.
-        connection: sqlite3.Connection = real_connect(f"file:{path}?mode=ro", uri=True, **kwargs)
+        if not path.startswith("file:"):
+            path = f"file:{path}?mode=ro"
+        kwargs["uri"] = True
+        connection: sqlite3.Connection = real_connect(path, **kwargs)
         return connection
 
     monkeypatch.setattr(sqlite3, "connect", read_only)
@@ -161,6 +164,9 @@ def test_an_sqlite_file_of_another_program_is_refused_and_left_alone(tmp_path: P
         open_journal(target)
     assert str(target) in str(e.value)
     assert rows(target, "SELECT name FROM sqlite_master WHERE type = 'table'") == [("users",)]
+    # refused before it was switched to WAL: the other program's file keeps its mode
+    assert rows(target, "PRAGMA journal_mode") == [("delete",)]
+    assert not Path(f"{target}-wal").exists()
 
 
 def test_a_meta_table_of_another_format_is_refused(tmp_path: Path) -> None:
@@ -172,6 +178,7 @@ def test_a_meta_table_of_another_format_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(JournalError, match="format 'something-else'"):
         open_journal(target)
+    assert rows(target, "PRAGMA journal_mode") == [("delete",)]
 
 
 def test_an_empty_file_becomes_a_journal(tmp_path: Path) -> None:
