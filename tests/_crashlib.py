@@ -986,7 +986,7 @@ def _episode(
             "recover_offset": 10_000.0 * (round_no + 1) if deferred else 0,
             # a short lease keeps the heartbeat thread writing while the queues run
             "lease": rng.choice((30.0, 0.03)),
-            # half the recoveries use the journaled policies (which retry Boom too)
+            # half the recoveries use the journaled policies (the same as RETRY: retry_on is kept)
             "journaled": rng.random() < 0.5,
         }
         if tally.rounds % 2:  # timers and fault points take turns

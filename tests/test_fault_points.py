@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 from _crashlib import (
-    MAX_ATTEMPTS,
     OPERATOR,
     POINTS,
     ROLLBACK_RETRY,
@@ -269,10 +268,10 @@ def recover_model(m: RunModel, journaled: bool = False) -> str | None:
     A rollback that failed for good before the crash is not tried again; a
     blocked one fails; either way the run then needs attention.
 
-    ``journaled``: recovery retries with the journaled policies, which keep
-    RETRY's limits but not its ``retry_on`` (README, "Recovery retries with
-    the policies the run's queue had"): Boom is retried too, until the
-    journal counts MAX_ATTEMPTS calls. Otherwise RETRY never retries Boom.
+    ``journaled``: recovery retries with the journaled policies instead of
+    being given RETRY. They keep RETRY's limits and its ``retry_on``
+    exception type (README, "Recovery retries with the policies the run's
+    queue had"), so the outcome is the same: Transient is retried, Boom never.
     """
     spec = m.spec
     if not m.created or m.status in ("succeeded", "rolled_back", "needs_attention"):
@@ -299,13 +298,9 @@ def recover_model(m: RunModel, journaled: bool = False) -> str | None:
     return _roll_back(m, ("pending", "rolled_back", "rollback_failed"), journaled)
 
 
-def _booms(step: StepModel, column: str, retried: bool) -> int:
-    """How many calls raise Boom, the first of them counted in ``column`` already."""
-    if not retried:
-        return 1
-    first: int = getattr(step, column)
-    setattr(step, column, MAX_ATTEMPTS)
-    return MAX_ATTEMPTS - first + 1
+def _booms(step: StepModel, column: str, journaled: bool) -> int:
+    """How many calls raise Boom: one, journaled policies or not (retry_on is journaled)."""
+    return 1
 
 
 def _roll_back(m: RunModel, done: tuple[str, ...], journaled: bool = False) -> str:
@@ -513,11 +508,10 @@ def assert_modelled(case: Case, models: list[RunModel], journaled: bool = False)
 def test_recovery_with_the_journaled_policies_keeps_their_limits(
     server: ForkServer, blank: tuple[str, str], tmp_path: Any, name: str, point: str
 ) -> None:
-    """recover() without policies uses the steps' journaled ones: their limits, any Exception.
+    """recover() without policies uses the steps' journaled ones: limits and retry_on types.
 
-    Where recovery retries Transient, the outcome is the one the queue's own
-    policies give; where it meets Boom (a blocked rollback, a resumed step
-    that fails), Boom is retried until the journal counts MAX_ATTEMPTS calls.
+    The outcome is the one the queue's own policies give: Transient is
+    retried, Boom (a blocked rollback, a resumed step that fails) never is.
     """
     spec = SCENARIOS[name]
     case = kill_and_recover(server, blank, str(tmp_path), spec, point, 1, journaled=True)

@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,13 +75,61 @@ def current_step() -> StepContext:
 _LIMITS = ("max_attempts", "initial_delay", "multiplier", "max_delay", "jitter", "deadline")
 
 
+def _type_names(value: object) -> list[list[str]] | None:
+    """Exception type(s) as [module, qualname] pairs; None for a predicate (not journaled)."""
+    types = value if isinstance(value, tuple) else (value,)
+    if not all(isinstance(t, type) for t in types):
+        return None
+    return [[t.__module__, t.__qualname__] for t in types]
+
+
+def _types(names: object) -> tuple[type[BaseException], ...] | None:
+    """The exception types named, or None if one is not found.
+
+    They are looked up among the modules already imported: nothing named in a
+    journal is ever imported.
+    """
+    found: list[type[BaseException]] = []
+    for module, qualname in names:  # type: ignore[attr-defined]
+        target: object = sys.modules.get(module)
+        for part in str(qualname).split("."):
+            target = getattr(target, part, None)
+        if not (isinstance(target, type) and issubclass(target, BaseException)):
+            return None
+        found.append(target)
+    return tuple(found)
+
+
+def _policy_data(policy: RetryPolicy) -> dict[str, Any]:
+    data: dict[str, Any] = {k: getattr(policy, k) for k in _LIMITS}
+    data["retry_on"] = _type_names(policy.retry_on)
+    data["never_retry"] = _type_names(policy.never_retry)
+    return data
+
+
+def _policy_from(data: dict[str, Any]) -> RetryPolicy:
+    options = {k: data[k] for k in _LIMITS}
+    retry_on = data.get("retry_on")
+    never_retry = data.get("never_retry")
+    # A predicate, or a type this process has not imported: retry every Exception
+    # within the limits (a rollback retried once too often is the safer mistake).
+    retry_types = None if retry_on is None else _types(retry_on)
+    if retry_types:
+        options["retry_on"] = retry_types
+    if never_retry:
+        never_types = _types(never_retry)
+        if never_types:
+            options["never_retry"] = never_types
+    return RetryPolicy(**options)
+
+
 def policies_json(execute: RetryPolicy | None, rollback: RetryPolicy | None) -> str | None:
-    """A step's retry policies as journaled: their limits and delays (not their predicates)."""
+    """A step's retry policies as journaled: limits, delays and exception types (no predicate)."""
     if execute is None and rollback is None:
         return None
     return json.dumps(
         {
-            method: None if policy is None else {k: getattr(policy, k) for k in _LIMITS}
+            method: None if policy is None else _policy_data(policy)
             for method, policy in (("execute", execute), ("rollback", rollback))
         },
         separators=(",", ":"),
@@ -94,10 +143,10 @@ def policies_from_json(text: str | None) -> tuple[RetryPolicy | None, RetryPolic
     try:
         data = json.loads(text)
         return tuple(  # type: ignore[return-value]
-            None if data[m] is None else RetryPolicy(**data[m]) for m in ("execute", "rollback")
+            None if data[m] is None else _policy_from(data[m]) for m in ("execute", "rollback")
         )
     except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"the step's journaled retry policies are invalid: {exc}") from exc
+        raise ValueError(f"the step's journaled retry policies are invalid: {exc!r}") from exc
 
 
 def _error_text(error: BaseException) -> str:

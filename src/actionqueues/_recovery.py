@@ -98,16 +98,21 @@ def recover(
     fails). The action types of the runs must be registered in this process
     (import the modules that define them).
 
-    Retry counts and deadlines continue from the journal: a step that made 2
-    attempts before the crash has 2 fewer left under ``retry`` (for resumed
-    steps) or ``rollback_retry`` (for rollbacks).
+    Each step is retried with the policies its queue had (journaled: limits,
+    delays and exception types; a ``retry_on`` predicate is not kept, so
+    with one every ``Exception`` is retried within the limits), unless
+    ``retry``/``rollback_retry`` are given. Retry counts and deadlines
+    continue from the journal: a step that made 2 calls before the crash
+    has 2 fewer left.
 
     Args:
         journal: The journal to recover.
         resume: Resume resumable runs forward (False: roll back every run).
         limit: Stop after this many runs (None: until none is left).
-        retry: The retry policy of resumed steps' ``execute``.
-        rollback_retry: The retry policy of every ``rollback``.
+        retry: The retry policy of resumed steps' ``execute``, instead of
+            the journaled ones.
+        rollback_retry: The retry policy of every ``rollback``, instead of
+            the journaled ones.
         sleep: Waits between retries (default :func:`time.sleep`); also
             waits out a retry delay that was running when the owner died.
         listeners: Listeners of the recovery queues.

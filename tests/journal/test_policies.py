@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -16,7 +17,12 @@ LIMITS = ("max_attempts", "initial_delay", "multiplier", "max_delay", "jitter", 
 
 
 def limits(policy: RetryPolicy) -> dict[str, object]:
-    return {name: getattr(policy, name) for name in LIMITS}
+    """What the journal keeps of a policy whose retry_on/never_retry are the defaults."""
+    return {
+        **{name: getattr(policy, name) for name in LIMITS},
+        "retry_on": [["builtins", "Exception"]],
+        "never_retry": [],
+    }
 
 
 def crashed_in_b(
@@ -165,17 +171,70 @@ def test_retry_rollback_uses_the_journaled_rollback_policy(journal: Journal) -> 
     assert journal.timeline(q.run_id).steps[0].rollback_attempts == 4
 
 
-def test_journaled_policies_keep_their_limits_but_not_their_predicates(
+def test_journaled_policies_keep_their_exception_types(
     journal: Journal, open_other: OpenOther
 ) -> None:
-    """retry_on is not journaled: recovery retries any Exception within the journaled limits."""
-    policy = RetryPolicy(max_attempts=2, initial_delay=1.0, retry_on=OSError)
+    """retry_on given as exception types is journaled: recovery does not retry other errors."""
+    policy = RetryPolicy(max_attempts=3, initial_delay=1.0, retry_on=OSError)
+    run_id = crashed_in_b(journal, rollback_retry=policy)
+    WORLD.script("rollback", "a", ValueError("declined for good"))
+    report = recover(open_other(), sleep=RecordingSleep())
+    assert [r.outcome for r in report.runs] == ["needs_attention"]
+    assert WORLD.count("rollback", "a") == 1
+    journaled = json.loads(str(journal.timeline(run_id).steps[0].policies))
+    assert journaled["rollback"]["retry_on"] == [["builtins", "OSError"]]
+
+
+def test_a_journaled_never_retry_type_is_never_retried_by_recovery(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """never_retry types are journaled too, and recovery honours them."""
+    policy = RetryPolicy(max_attempts=3, initial_delay=1.0, never_retry=PermissionError)
+    crashed_in_b(journal, rollback_retry=policy)
+    WORLD.script("rollback", "a", PermissionError("forbidden"))
+    report = recover(open_other(), sleep=RecordingSleep())
+    assert [r.outcome for r in report.runs] == ["needs_attention"]
+    assert WORLD.count("rollback", "a") == 1
+
+
+def test_a_journaled_predicate_is_not_kept_so_recovery_retries_any_exception(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """A retry_on predicate is code, not data: recovery retries any Exception within the limits."""
+    policy = RetryPolicy(
+        max_attempts=2, initial_delay=1.0, retry_on=lambda e: isinstance(e, OSError)
+    )
     run_id = crashed_in_b(journal, rollback_retry=policy)
     WORLD.script("rollback", "a", ValueError("not an OSError"))
     report = recover(open_other(), sleep=RecordingSleep())
     assert [r.outcome for r in report.runs] == ["rolled_back"]
     assert WORLD.count("rollback", "a") == 2
-    assert "retry_on" not in str(journal.timeline(run_id).steps[0].policies)
+    journaled = json.loads(str(journal.timeline(run_id).steps[0].policies))
+    assert journaled["rollback"]["retry_on"] is None
+
+
+def test_an_exception_type_this_process_has_not_imported_falls_back_to_any_exception(
+    journal: Journal, clock: FakeClock
+) -> None:
+    """A journaled type whose module is not imported here is never imported: any Exception."""
+    run_id = "66666666-6666-4666-8666-666666666666"
+    policies = json.dumps(
+        {
+            "execute": None,
+            "rollback": {
+                **limits(RetryPolicy(max_attempts=2, initial_delay=1.0)),
+                "retry_on": [["no_such_module_for_actionqueues", "Oops"]],
+                "never_retry": [["no_such_module_for_actionqueues", "Never"]],
+            },
+        }
+    )
+    write_run(journal, run_id, [("tests.journal.put", '{"key":"x"}', "running")], policies=policies)
+    WORLD.script("rollback", "x", ValueError("once"))
+    clock.advance(LEASE + 1)
+    report = recover(journal, sleep=RecordingSleep())
+    assert [r.outcome for r in report.runs] == ["rolled_back"]
+    assert WORLD.count("rollback", "x") == 2
+    assert "no_such_module_for_actionqueues" not in sys.modules
 
 
 @pytest.mark.parametrize(
