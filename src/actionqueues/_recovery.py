@@ -17,7 +17,7 @@ import datetime
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ._async import AsyncActionQueue
 from ._durable import RunRecorder, policies_from_json
@@ -30,6 +30,8 @@ from ._registry import load_step
 from ._steps import FunctionStep
 
 __all__ = ["RecoveredRun", "RecoveryReport", "recover", "retry_rollback"]
+
+_Q = TypeVar("_Q", ActionQueue, AsyncActionQueue)
 
 Outcome = Literal["rolled_back", "resumed", "needs_attention", "unrecoverable", "lost"]
 
@@ -210,35 +212,14 @@ def _finish(
         policies = [policies_from_json(step.policies) for step in timeline.steps]
     except Exception as exc:  # whatever the class raised: the run is marked, recovery goes on
         return _unrecoverable(journal, timeline, f"cannot rebuild the run's steps: {exc}")
+    job = _Job(
+        journal, timeline, actions, policies, resume, retry, rollback_retry, sleep, listeners
+    )
     try:
         if run.kind == "async":
-            outcome = asyncio.run(
-                _finish_async(
-                    journal,
-                    timeline,
-                    actions,
-                    policies,
-                    resume,
-                    retry,
-                    rollback_retry,
-                    sleep,
-                    listeners,
-                    retrying,
-                )
-            )
+            outcome = asyncio.run(_finish_async(job, retrying))
         else:
-            outcome = _finish_sync(
-                journal,
-                timeline,
-                actions,
-                policies,
-                resume,
-                retry,
-                rollback_retry,
-                sleep,
-                listeners,
-                retrying,
-            )
+            outcome = _finish_sync(job, retrying)
     except LeaseLost as exc:
         return RecoveredRun(
             run.run_id, run.name, "lost", journal.timeline(run.run_id).run.status, str(exc)
@@ -347,22 +328,52 @@ def _outcome_unknown(action: object) -> bool:
     return isinstance(action, FunctionStep) and action.undo is not None and not action.done
 
 
-def _finish_sync(
-    journal: Journal,
-    timeline: RunTimeline,
-    actions: list[Any],
-    policies: list[tuple[RetryPolicy | None, RetryPolicy | None]],
-    resume: bool,
-    retry: RetryPolicy | None,
-    rollback_retry: RetryPolicy | None,
-    sleep: Callable[[float], Any] | None,
-    listeners: tuple[Listener, ...],
-    retrying: bool,
-) -> Literal["rolled_back", "resumed"]:
-    queue = ActionQueue(
-        sleep=sleep, retry=retry, rollback_retry=rollback_retry, listeners=listeners
-    )
-    forward, wait = _prepare(queue, journal, timeline, actions, policies, resume, retrying)
+@dataclass(frozen=True)
+class _Job:
+    """One claimed run, rebuilt, and how to finish it."""
+
+    journal: Journal
+    timeline: RunTimeline
+    actions: list[Any]
+    policies: list[tuple[RetryPolicy | None, RetryPolicy | None]]
+    resume: bool
+    retry: RetryPolicy | None
+    rollback_retry: RetryPolicy | None
+    sleep: Callable[[float], Any] | None
+    listeners: tuple[Listener, ...]
+
+    def start(self, kind: type[_Q], retrying: bool) -> tuple[_Q, bool, float]:
+        """A queue of ``kind`` set up to continue the run; (queue, forward?, wait)."""
+        queue = kind(
+            sleep=self.sleep,
+            retry=self.retry,
+            rollback_retry=self.rollback_retry,
+            listeners=self.listeners,
+        )
+        forward, wait = _prepare(
+            queue,
+            self.journal,
+            self.timeline,
+            self.actions,
+            self.policies,
+            self.resume,
+            retrying,
+        )
+        return queue, forward, wait
+
+    def resume_failed(self, error: Exception) -> None:
+        """Log that resuming failed; the run is rolled back next."""
+        run_id = self.timeline.run.run_id
+        logger.warning(
+            "run %s: resuming failed (%r); rolling it back",
+            run_id,
+            error,
+            extra={"aq_event": "resume_failed", "aq_run": run_id},
+        )
+
+
+def _finish_sync(job: _Job, retrying: bool) -> Literal["rolled_back", "resumed"]:
+    queue, forward, wait = job.start(ActionQueue, retrying)
     if wait:
         queue._sleep(wait)
     if forward:
@@ -371,34 +382,15 @@ def _finish_sync(
         except LeaseLost:  # another process owns the run now: it finishes it, not this one
             raise
         except Exception as exc:  # a failed resume is rolled back
-            logger.warning(
-                "run %s: resuming failed (%r); rolling it back",
-                timeline.run.run_id,
-                exc,
-                extra={"aq_event": "resume_failed", "aq_run": timeline.run.run_id},
-            )
+            job.resume_failed(exc)
         else:
             return "resumed"
     queue.rollback()
     return "rolled_back"
 
 
-async def _finish_async(
-    journal: Journal,
-    timeline: RunTimeline,
-    actions: list[Any],
-    policies: list[tuple[RetryPolicy | None, RetryPolicy | None]],
-    resume: bool,
-    retry: RetryPolicy | None,
-    rollback_retry: RetryPolicy | None,
-    sleep: Callable[[float], Any] | None,
-    listeners: tuple[Listener, ...],
-    retrying: bool,
-) -> Literal["rolled_back", "resumed"]:
-    queue = AsyncActionQueue(
-        sleep=sleep, retry=retry, rollback_retry=rollback_retry, listeners=listeners
-    )
-    forward, wait = _prepare(queue, journal, timeline, actions, policies, resume, retrying)
+async def _finish_async(job: _Job, retrying: bool) -> Literal["rolled_back", "resumed"]:
+    queue, forward, wait = job.start(AsyncActionQueue, retrying)
     if wait:
         pause = queue._sleep(wait)
         if inspect.isawaitable(pause):
@@ -409,12 +401,7 @@ async def _finish_async(
         except LeaseLost:  # another process owns the run now: it finishes it, not this one
             raise
         except Exception as exc:  # a failed resume is rolled back
-            logger.warning(
-                "run %s: resuming failed (%r); rolling it back",
-                timeline.run.run_id,
-                exc,
-                extra={"aq_event": "resume_failed", "aq_run": timeline.run.run_id},
-            )
+            job.resume_failed(exc)
         else:
             return "resumed"
     await queue.rollback()
