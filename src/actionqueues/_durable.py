@@ -172,6 +172,7 @@ class RunRecorder:
         self.resumable = resumable
         self.run_id = run_id or str(uuid.uuid4())
         self.created = timeline is not None
+        self.renewed = 0.0  # when this recorder last renewed the run's lease (journal clock)
         self.ops: list[Op] = []
         self.run: dict[str, Any] = {}
         self.create_rows: list[dict[str, Any]] | None = None
@@ -221,7 +222,6 @@ class RunRecorder:
                     "status": run.get("status", "running"),
                     "resumable": int(self.resumable),
                     "steps": len(rows),
-                    "started": run.get("started", 0),
                     "finished_at": run.get("finished_at"),
                     "error": run.get("error"),
                 },
@@ -230,8 +230,15 @@ class RunRecorder:
             )
             self.create_rows = None
             self.created = True
+            self.renewed = self.journal.clock()
             return
-        self.journal.commit(self.run_id, run, ops)
+        # A step's commit renews the lease only when a third of it has passed (the
+        # heartbeat renews it too): most commits then write the step rows alone.
+        now = self.journal.clock()
+        renew = bool(run) or now - self.renewed >= self.journal.lease / 3
+        self.journal.commit(self.run_id, run, ops, renew=renew)
+        if renew:
+            self.renewed = now
 
     def _set_current(self, index: int, method: str) -> None:
         token = _CURRENT.set(StepContext(self.run_id, index, method, step_key(self.run_id, index)))
@@ -296,13 +303,11 @@ class RunRecorder:
             columns["started_at"] = now
         op = ("step", index, columns)
         self.ops.append(op)
-        self.run["started"] = index + 1
         try:
             self._flush()
         except BaseException:
             # Not recorded, so execute() will not be called: only the earlier results stay.
             self.ops = [o for o in self.ops if o is not op]
-            self.run["started"] = index
             raise
         fault("after_step_record")
         self._set_current(index, "execute")

@@ -298,12 +298,15 @@ class Journal(abc.ABC):
         """Atomically insert a run (owned by this journal's owner) and its steps; apply ``ops``."""
 
     @abc.abstractmethod
-    def commit(self, run_id: str, run: dict[str, Any], ops: Sequence[Op]) -> None:
+    def commit(
+        self, run_id: str, run: dict[str, Any], ops: Sequence[Op], *, renew: bool = True
+    ) -> None:
         """Atomically update run ``run_id`` with ``run``'s columns and apply ``ops``.
 
         Each op is ``("step", index, {column: value})`` or
         ``("event", index_or_None, kind, detail)``. The run's lease is renewed
-        in the same transaction.
+        in the same transaction, unless ``renew`` is false and ``run`` is
+        empty: then the run is only checked to be held by this owner.
 
         Raises:
             LeaseLost: the run is not owned by this journal's owner any more.

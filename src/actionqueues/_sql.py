@@ -45,7 +45,6 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             updated_at {real} NOT NULL,
             finished_at {real},
             steps INTEGER NOT NULL,
-            started INTEGER NOT NULL,
             error TEXT,
             recoveries INTEGER NOT NULL DEFAULT 0
         )""",
@@ -116,7 +115,16 @@ STEP_COLUMNS = (
     "policies",
 )
 _UPDATABLE_STEP = frozenset(STEP_COLUMNS[2:-1])
-_UPDATABLE_RUN = frozenset({"status", "started", "error", "finished_at"})
+_UPDATABLE_RUN = frozenset({"status", "error", "finished_at"})
+#: Stored run columns (``started`` is counted from the steps when read).
+RUN_STORED = tuple(c for c in RUN_COLUMNS if c != "started")
+_RUN_SELECT = ", ".join(
+    "(SELECT COUNT(*) FROM {t}steps s WHERE s.run_id = {t}runs.run_id "
+    "AND s.status <> 'pending') AS started"
+    if c == "started"
+    else f"{{t}}runs.{c}"
+    for c in RUN_COLUMNS
+)
 
 
 def _run_info(row: Sequence[Any]) -> RunInfo:
@@ -233,10 +241,10 @@ class SQLJournal(Journal):
             cur.execute(
                 self._sql(
                     "insert_run",
-                    f"INSERT INTO {{t}}runs ({', '.join(RUN_COLUMNS)}) "
-                    f"VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
+                    f"INSERT INTO {{t}}runs ({', '.join(RUN_STORED)}) "
+                    f"VALUES ({', '.join('?' * len(RUN_STORED))})",
                 ),
-                [row[c] for c in RUN_COLUMNS],
+                [row[c] for c in RUN_STORED],
             )
             cur.executemany(
                 self._sql(
@@ -250,18 +258,33 @@ class SQLJournal(Journal):
             fault("before_commit")
         fault("after_commit")
 
-    def commit(self, run_id: str, run: dict[str, Any], ops: Sequence[Op]) -> None:
-        """Update run ``run_id`` (renewing its lease) and apply ``ops``, atomically."""
+    def commit(
+        self, run_id: str, run: dict[str, Any], ops: Sequence[Op], *, renew: bool = True
+    ) -> None:
+        """Update run ``run_id`` (renewing its lease) and apply ``ops``, atomically.
+
+        With ``renew`` false and no run column to write, the run's row is only
+        read, to check that this owner still holds it (a step's commit then
+        writes the step rows alone).
+        """
         now = self.clock()
-        keys = tuple(run)
-        sql = self._updates.get(("run", keys)) or self._update_sql("run", keys)
-        params = list(run.values())
-        # A finished run keeps no lease: a retry of its rollback may claim it at once.
-        params += (0.0 if run.get("status") in TERMINAL else now + self.lease, now)
-        params += (run_id, self.owner)
         with self._write() as cur:
-            cur.execute(sql, params)
-            if cur.rowcount != 1:
+            if run or renew:
+                keys = tuple(run)
+                sql = self._updates.get(("run", keys)) or self._update_sql("run", keys)
+                params = list(run.values())
+                # A finished run keeps no lease: a retry of its rollback may claim it at once.
+                params += (0.0 if run.get("status") in TERMINAL else now + self.lease, now)
+                params += (run_id, self.owner)
+                cur.execute(sql, params)
+                held = cur.rowcount == 1
+            else:
+                cur.execute(
+                    self._sql("owner", "SELECT owner FROM {t}runs WHERE run_id = ?"), (run_id,)
+                )
+                row = cur.fetchone()
+                held = row is not None and row[0] == self.owner
+            if not held:
                 cur.execute(
                     self._sql("exists", "SELECT run_id FROM {t}runs WHERE run_id = ?"), (run_id,)
                 )
@@ -381,7 +404,7 @@ class SQLJournal(Journal):
         if limit is not None and (type(limit) is not int or limit < 1):
             raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
         sql = (
-            f"SELECT {', '.join(RUN_COLUMNS)} FROM {self.prefix}runs"
+            f"SELECT {_RUN_SELECT.replace('{t}', self.prefix)} FROM {self.prefix}runs"
             + (f" WHERE {' AND '.join(where)}" if where else "")
             + " ORDER BY created_at DESC, run_id"
             + (f" LIMIT {limit}" if limit is not None else "")
@@ -414,9 +437,7 @@ class SQLJournal(Journal):
 
     def _timeline(self, cur: Any, run_id: str) -> RunTimeline:
         cur.execute(
-            self._sql(
-                "get_run", f"SELECT {', '.join(RUN_COLUMNS)} FROM {{t}}runs WHERE run_id = ?"
-            ),
+            self._sql("get_run", f"SELECT {_RUN_SELECT} FROM {{t}}runs WHERE run_id = ?"),
             (run_id,),
         )
         run = _run_info(cur.fetchone())
