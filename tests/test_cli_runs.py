@@ -816,7 +816,7 @@ def test_retry_of_an_unknown_run_or_journal_exits_1(
     ("content", "message"),
     [
         (b"hello, not a database" * 100, "not an SQLite database, or it is corrupt"),
-        (None, "is an SQLite database but not an actionqueues journal"),
+        (None, "is not an actionqueues journal (it has tables invoices"),
     ],
 )
 def test_a_file_that_is_not_a_journal_is_one_line_and_exit_2(
@@ -851,7 +851,10 @@ def test_a_file_that_is_not_a_journal_is_one_line_and_exit_2(
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://user@db/runs", "PostgreSQL journals ('db/runs') are not available"),
+        (
+            "postgresql://user:pw@127.0.0.1:1/runs?connect_timeout=0.5",
+            "cannot connect to the PostgreSQL journal postgresql://user:***@127.0.0.1:1/runs",
+        ),
         ("sqlite://relative.db", "three or four slashes"),
         ("mysql://db/runs", "unsupported journal URL"),
     ],

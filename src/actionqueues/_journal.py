@@ -10,7 +10,8 @@ each one atomic (one transaction): :meth:`Journal.create` and
   path: the embedded default (stdlib :mod:`sqlite3`), WAL with
   ``synchronous=FULL``;
 - ``sqlite://`` (no path): a private in-memory database (tests, demos);
-- ``postgresql://...``: for many machines (planned; refused with a clear error today).
+- ``postgresql://user@host/db?schema=NAME``: for many machines (the
+  ``actionqueues[postgres]`` extra: psycopg 3 and psycopg_pool).
 """
 
 from __future__ import annotations
@@ -431,12 +432,17 @@ def open_journal(url: str | os.PathLike[str], **options: Any) -> Journal:
 
     Args:
         url: ``sqlite:///relative.db``, ``sqlite:////absolute.db``, a plain
-            file path, ``sqlite://`` (in memory), or ``postgresql://...``.
+            file path, ``sqlite://`` (in memory), or
+            ``postgresql://user[:password]@host[:port]/database``, whose query
+            may set ``schema``, ``table_prefix``, ``pool_size`` and
+            ``connect_timeout`` besides libpq's own options.
         **options: Passed to the backend: ``lease``, ``clock``, ``owner``,
             ``heartbeat`` (see :class:`Journal`); for SQLite also
-            ``busy_timeout`` (seconds to wait for another writer, default 30).
+            ``busy_timeout`` (seconds to wait for another writer, default 30)
+            and ``read_only``; for PostgreSQL the query options above.
 
     Raises:
+        ImportError: a ``postgresql://`` URL without the ``actionqueues[postgres]`` extra.
         ValueError: the URL's scheme is not supported.
         JournalError: the journal cannot be opened: not a journal, corrupt,
             written by a newer actionqueues, or not writable.
@@ -467,10 +473,9 @@ def open_journal(url: str | os.PathLike[str], **options: Any) -> Journal:
             )
         return SQLiteJournal(rest[1:], **options)
     if scheme in ("postgresql", "postgres"):
-        raise ValueError(
-            f"PostgreSQL journals ({text.split('@')[-1]!r}) are not available in this version "
-            f"of actionqueues yet; use a sqlite:/// journal"
-        )
+        from ._postgres import open_postgres  # noqa: PLC0415 - backends load on demand
+
+        return open_postgres(text, **options)
     raise ValueError(
         f"unsupported journal URL {text!r}: use sqlite:///path.db (embedded), "
         f"sqlite:// (in memory) or postgresql://..."

@@ -8,9 +8,9 @@ once with ``?`` placeholders and ``{t}`` for the table prefix.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from ._journal import (
     ACTIVE_STATUSES,
@@ -27,6 +27,8 @@ from ._journal import (
 )
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLJournal"]
+
+_R = TypeVar("_R")
 
 FORMAT = "actionqueues-journal"
 
@@ -202,6 +204,84 @@ class SQLJournal(Journal):
 
     # -- schema -------------------------------------------------------------------
 
+    #: What the journal is, for messages (a file's path, a database's schema).
+    where: str
+
+    @abc.abstractmethod
+    def _table_names(self, cur: Any) -> set[str]:
+        """The names of the tables where the journal's live (those of other programs too)."""
+
+    def _lock_schema(self, cur: Any) -> None:
+        """Serialise concurrent migrations (SQLite's write lock already does)."""
+
+    def _inspect(self, cur: Any) -> int | None:
+        """The journal's schema version, None where there is none yet; refuse anything else."""
+        tables = self._table_names(cur)
+        meta, versions = f"{self.prefix}meta", f"{self.prefix}schema_version"
+        if meta not in tables:
+            if tables:
+                raise JournalError(
+                    f"{self.where} is not an actionqueues journal (it has tables "
+                    f"{', '.join(sorted(tables)[:5])} and no {meta}); give the journal a "
+                    f"place of its own; it was left untouched",
+                    self.url,
+                )
+            return None
+        cur.execute(self._placeholders(f"SELECT value FROM {meta} WHERE key = 'format'"))
+        row = cur.fetchone()
+        if row is None or row[0] != FORMAT:
+            raise JournalError(
+                f"{self.where} has a {meta} table but is not an actionqueues journal "
+                f"(format {row[0] if row else None!r}); it was left untouched",
+                self.url,
+            )
+        cur.execute(f"SELECT MAX(version) FROM {versions}")
+        found = int(cur.fetchone()[0] or 0)
+        if found > SCHEMA_VERSION:
+            raise self._newer_schema(found)
+        return found
+
+    def _migrate(self) -> None:
+        """Create or migrate the schema, in one transaction; check the journal is writable."""
+
+        def migrate(cur: Any) -> None:
+            self._lock_schema(cur)
+            found = self._inspect(cur)  # again: another process may have created it meanwhile
+            meta, versions = f"{self.prefix}meta", f"{self.prefix}schema_version"
+            if found is None:
+                cur.execute(f"CREATE TABLE {meta} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                cur.execute(
+                    self._placeholders(f"INSERT INTO {meta} VALUES ('format', ?)"), (FORMAT,)
+                )
+                cur.execute(
+                    f"CREATE TABLE {versions} "
+                    f"(version INTEGER PRIMARY KEY, applied_at {self.real_type} NOT NULL)"
+                )
+                found = 0
+            applied = set()
+            for version, statement in self._migrations_sql(found):
+                cur.execute(statement)
+                applied.add(version)
+            for version in sorted(applied):
+                cur.execute(
+                    self._placeholders(f"INSERT INTO {versions} VALUES (?, ?)"),
+                    (version, self.clock()),
+                )
+            # Fail now, not at a queue's first step, if the journal cannot be written.
+            cur.execute(f"UPDATE {meta} SET value = value WHERE key = 'format'")
+
+        self._run_write(migrate)
+
+    def _run_write(self, body: Callable[[Any], _R]) -> _R:
+        """Run ``body(cursor)`` in one write transaction; return what it returns."""
+        with self._write() as cur:
+            return body(cur)
+
+    def _run_read(self, body: Callable[[Any], _R]) -> _R:
+        """Run ``body(cursor)`` to read; return what it returns."""
+        with self._read() as cur:
+            return body(cur)
+
     def _migrations_sql(self, since: int) -> Iterator[tuple[int, str]]:
         for version in sorted(MIGRATIONS):
             if version > since:
@@ -237,7 +317,8 @@ class SQLJournal(Journal):
             recoveries=0,
         )
         run_id = row["run_id"]
-        with self._write() as cur:
+
+        def body(cur: Any) -> None:
             cur.execute(
                 self._sql(
                     "insert_run",
@@ -256,6 +337,8 @@ class SQLJournal(Journal):
             )
             self._apply(cur, run_id, ops, now)
             fault("before_commit")
+
+        self._run_write(body)
         fault("after_commit")
 
     def commit(
@@ -268,7 +351,8 @@ class SQLJournal(Journal):
         writes the step rows alone).
         """
         now = self.clock()
-        with self._write() as cur:
+
+        def body(cur: Any) -> None:
             if run or renew:
                 keys = tuple(run)
                 sql = self._updates.get(("run", keys)) or self._update_sql("run", keys)
@@ -293,6 +377,8 @@ class SQLJournal(Journal):
                 raise LeaseLost(run_id, self.owner, self.url)
             self._apply(cur, run_id, ops, now)
             fault("before_commit")
+
+        self._run_write(body)
         fault("after_commit")
 
     def _apply(self, cur: Any, run_id: str, ops: Sequence[Op], now: float) -> None:
@@ -333,7 +419,8 @@ class SQLJournal(Journal):
             f"SELECT run_id, owner FROM {self.prefix}runs WHERE {where} "
             f"ORDER BY lease_expires_at LIMIT 1 {self.claim_lock}"
         )
-        with self._write() as cur:
+
+        def body(cur: Any) -> RunTimeline | None:
             cur.execute(select, params)
             row = cur.fetchone()
             if row is None:
@@ -352,9 +439,12 @@ class SQLJournal(Journal):
             )
             return self._timeline(cur, found)
 
+        return self._run_write(body)
+
     def release(self, run_id: str) -> None:
         """Give up this owner's lease on ``run_id`` at once."""
-        with self._write() as cur:
+
+        def body(cur: Any) -> None:
             cur.execute(
                 self._sql(
                     "release",
@@ -363,10 +453,13 @@ class SQLJournal(Journal):
                 (run_id, self.owner),
             )
 
+        self._run_write(body)
+
     def renew(self, run_ids: Sequence[str]) -> None:
         """Extend this owner's leases on ``run_ids``."""
         until = self.clock() + self.lease
-        with self._write() as cur:
+
+        def body(cur: Any) -> None:
             for start in range(0, len(run_ids), 500):
                 chunk = run_ids[start : start + 500]
                 cur.execute(
@@ -377,6 +470,8 @@ class SQLJournal(Journal):
                     ),
                     (until, self.owner, *ACTIVE_STATUSES, *chunk),
                 )
+
+        self._run_write(body)
 
     # -- reading ------------------------------------------------------------------
 
@@ -409,14 +504,16 @@ class SQLJournal(Journal):
             + " ORDER BY created_at DESC, run_id"
             + (f" LIMIT {limit}" if limit is not None else "")
         )
-        with self._read() as cur:
+
+        def body(cur: Any) -> list[RunInfo]:
             cur.execute(self._placeholders(sql), params)
             return [_run_info(row) for row in cur.fetchall()]
 
+        return self._run_read(body)
+
     def timeline(self, run_id: str) -> RunTimeline:
         """One run with its steps and events (a unique prefix of 8+ characters works too)."""
-        with self._read() as cur:
-            return self._timeline(cur, self._resolve(cur, run_id))
+        return self._run_read(lambda cur: self._timeline(cur, self._resolve(cur, run_id)))
 
     def _resolve(self, cur: Any, run_id: str) -> str:
         cur.execute(self._sql("exists", "SELECT run_id FROM {t}runs WHERE run_id = ?"), (run_id,))

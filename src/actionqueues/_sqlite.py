@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ._journal import JournalError
-from ._sql import FORMAT, SCHEMA_VERSION, SQLJournal
+from ._sql import SCHEMA_VERSION, SQLJournal
 
 __all__ = ["SQLiteJournal"]
 
@@ -47,6 +47,7 @@ class SQLiteJournal(SQLJournal):
             raise ValueError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
         self.path = path if path == ":memory:" else os.path.abspath(os.path.expanduser(path))
         self.url = "sqlite://" if path == ":memory:" else f"sqlite:///{self.path}"
+        self.where = self.path
         self._lock = threading.RLock()
         self._conn = self._connect(busy_timeout)
         try:
@@ -139,53 +140,9 @@ class SQLiteJournal(SQLJournal):
                 self.url,
             )
 
-    def _inspect(self, cur: Any) -> int | None:
-        """The file's schema version, None for an empty database; refuse anything else."""
-        tables = {
-            row[0] for row in cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-        meta, versions = f"{self.prefix}meta", f"{self.prefix}schema_version"
-        if meta not in tables:
-            if tables - {"sqlite_sequence"}:
-                raise JournalError(
-                    f"{self.path} is an SQLite database but not an actionqueues journal "
-                    f"(it has tables {', '.join(sorted(tables)[:5])} and no {meta}); "
-                    f"give the journal a file of its own; it was left untouched",
-                    self.url,
-                )
-            return None
-        row = cur.execute(f"SELECT value FROM {meta} WHERE key = 'format'").fetchone()
-        if row is None or row[0] != FORMAT:
-            raise JournalError(
-                f"{self.path} has a {meta} table but is not an actionqueues journal "
-                f"(format {row[0] if row else None!r}); it was left untouched",
-                self.url,
-            )
-        found = int(cur.execute(f"SELECT MAX(version) FROM {versions}").fetchone()[0] or 0)
-        if found > SCHEMA_VERSION:
-            raise self._newer_schema(found)
-        return found
-
-    def _migrate(self) -> None:
-        with self._write() as cur:
-            found = self._inspect(cur)  # again: another process may have created it meanwhile
-            meta, versions = f"{self.prefix}meta", f"{self.prefix}schema_version"
-            if found is None:
-                cur.execute(f"CREATE TABLE {meta} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-                cur.execute(f"INSERT INTO {meta} VALUES ('format', ?)", (FORMAT,))
-                cur.execute(
-                    f"CREATE TABLE {versions} "
-                    f"(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-                )
-                found = 0
-            applied = set()
-            for version, statement in self._migrations_sql(found):
-                cur.execute(statement)
-                applied.add(version)
-            for version in sorted(applied):
-                cur.execute(f"INSERT INTO {versions} VALUES (?, ?)", (version, self.clock()))
-            # Fail now, not at a queue's first step, if the file cannot be written.
-            cur.execute(f"UPDATE {meta} SET value = value WHERE key = 'format'")
+    def _table_names(self, cur: Any) -> set[str]:
+        cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {row[0] for row in cur.fetchall()} - {"sqlite_sequence"}
 
     @contextmanager
     def _write(self) -> Iterator[Any]:

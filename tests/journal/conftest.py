@@ -1,10 +1,10 @@
 """Fixtures of the journal suite: every test runs once per journal backend.
 
 A backend is a way to get a fresh, empty journal database for one test, as
-a URL. Today: an SQLite file in the test's tmp_path, and the in-memory
-``sqlite://``. The PostgreSQL backend of the next issue is added here, from
-the ``ACTIONQUEUES_TEST_POSTGRESQL`` environment variable (a server URL);
-the tests themselves do not change.
+a URL: an SQLite file in the test's tmp_path, the in-memory ``sqlite://``,
+and a fresh schema on the PostgreSQL server of ``tests/_pgtest.py``
+(skipped, saying how to run it, when that server is absent; failing
+instead under ``ACTIONQUEUES_REQUIRE_POSTGRESQL=1``, as in CI).
 
 The journal under test (``journal``) plays the process that runs queues: its
 owner is ``"original"``, its clock a :class:`FakeClock` (``clock``) and its
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import _pgtest
 import pytest
 
 from actionqueues import Journal, open_journal
@@ -68,28 +68,17 @@ def _sqlite_memory(tmp_path: Path) -> Iterator[str]:
 
 
 def _backends() -> list[Backend]:
-    found = [
+    return [
         Backend("sqlite-file", True, _sqlite_file),
         Backend("sqlite-memory", False, _sqlite_memory),
+        Backend("postgresql", True, _postgresql),
     ]
-    server = os.environ.get("ACTIONQUEUES_TEST_POSTGRESQL")
-    if server:  # pragma: no cover - the PostgreSQL backend comes with the next issue
-        found.append(Backend("postgresql", True, _postgresql(server)))
-    return found
 
 
-def _postgresql(server: str) -> Callable[[Path], AbstractContextManager[str]]:  # pragma: no cover
-    """The next issue's backend: each test needs an empty database on ``server``.
-
-    Replace the body with the creation (and the dropping, after the test) of
-    a database or schema of its own, e.g. ``CREATE DATABASE aq_test_<random>``.
-    """
-
-    @contextlib.contextmanager
-    def database(tmp_path: Path) -> Iterator[str]:
-        yield server
-
-    return database
+@contextlib.contextmanager
+def _postgresql(tmp_path: Path) -> Iterator[str]:
+    with _pgtest.fresh_schema() as url:
+        yield url
 
 
 BACKENDS = _backends()
@@ -99,7 +88,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run each test on every backend; a test that opens a second journal, on shared ones."""
     if "backend" in metafunc.fixturenames:
         usable = [b for b in BACKENDS if b.shared or "open_other" not in metafunc.fixturenames]
-        metafunc.parametrize("backend", usable, ids=[b.name for b in usable])
+        metafunc.parametrize(
+            "backend",
+            [
+                pytest.param(b, id=b.name, marks=_pgtest.marks() if b.name == "postgresql" else ())
+                for b in usable
+            ],
+        )
 
 
 @pytest.fixture

@@ -28,8 +28,11 @@ from .helpers import Put
         ("sqlite:/runs.db", "sqlite:///relative/path.db"),
         ("sqlite:runs.db", "sqlite:///relative/path.db"),
         ("sqlite://runs.db", "three or four slashes"),
-        ("postgresql://user:secret@db.example/runs", "not available"),
-        ("postgres://db.example/runs", "not available"),
+        ("postgresql://user:secret@localhost/runs?schema=Bad-Name", "lowercase SQL identifier"),
+        ("postgres://localhost/runs?table_prefix=1x", "lowercase SQL identifier"),
+        ("postgresql://localhost/runs?pool_size=many", "pool_size in the URL must be an int"),
+        ("postgresql://localhost/runs?pool_size=0", "pool_size must be an int >= 1"),
+        ("postgresql://localhost/runs?connect_timeout=soon", "connect_timeout in the URL"),
     ],
 )
 def test_open_journal_refuses_urls_it_cannot_serve(
@@ -41,6 +44,14 @@ def test_open_journal_refuses_urls_it_cannot_serve(
         open_journal(url)
     assert "secret" not in str(caught.value)  # never echo a password
     assert os.listdir(tmp_path) == []  # and nothing was created
+
+
+def test_an_unreachable_postgresql_server_is_a_journal_error_without_the_password() -> None:
+    """A PostgreSQL URL nobody answers: JournalError naming the server, never its password."""
+    with pytest.raises(JournalError, match="cannot connect to the PostgreSQL journal") as caught:
+        open_journal("postgresql://me:secret@127.0.0.1:1/runs?connect_timeout=0.5")
+    assert "secret" not in str(caught.value)
+    assert "me:***@127.0.0.1:1/runs" in str(caught.value)
 
 
 def test_open_journal_refuses_a_non_string(journal_url: str) -> None:

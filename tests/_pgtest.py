@@ -1,0 +1,67 @@
+"""The PostgreSQL server the tests use, and a fresh schema per test.
+
+The server is ``postgresql://postgres@127.0.0.1:5432/test`` unless
+``ACTIONQUEUES_TEST_POSTGRESQL`` names another. When it cannot be reached,
+the PostgreSQL tests are skipped with a message saying how to run them,
+unless ``ACTIONQUEUES_REQUIRE_POSTGRESQL=1`` (set by ``.ci/run``): then they
+fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+URL = os.environ.get("ACTIONQUEUES_TEST_POSTGRESQL") or DEFAULT_URL
+REQUIRED = os.environ.get("ACTIONQUEUES_REQUIRE_POSTGRESQL") == "1"
+HOW = (
+    "start PostgreSQL on 127.0.0.1:5432 (database test, user postgres, trust auth) or set "
+    "ACTIONQUEUES_TEST_POSTGRESQL=postgresql://user@host:port/database; "
+    "ACTIONQUEUES_REQUIRE_POSTGRESQL=1 makes them fail instead of skipping"
+)
+
+
+@functools.cache
+def unreachable() -> str | None:
+    """Why the server cannot be used, or None when it can."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[dev]')"
+    try:
+        with psycopg.connect(URL, connect_timeout=3, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return f"cannot connect to {URL}: {str(exc).strip().splitlines()[0]}"
+    return None
+
+
+def marks() -> list[pytest.MarkDecorator]:
+    """Marks for a PostgreSQL test: skipped (saying how to run it) when the server is absent."""
+    reason = unreachable()
+    if reason is None or REQUIRED:
+        return []
+    return [pytest.mark.skip(reason=f"PostgreSQL tests skipped: {reason}; to run them, {HOW}")]
+
+
+@contextlib.contextmanager
+def fresh_schema(prefix: str = "aqt") -> Iterator[str]:
+    """A journal URL on a schema of its own, dropped afterwards."""
+    import psycopg
+
+    reason = unreachable()
+    if reason is not None:
+        pytest.fail(f"PostgreSQL is required (ACTIONQUEUES_REQUIRE_POSTGRESQL=1): {reason}")
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    separator = "&" if "?" in URL else "?"
+    try:
+        yield f"{URL}{separator}schema={schema}"
+    finally:
+        with psycopg.connect(URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -1,0 +1,250 @@
+"""What only the PostgreSQL journal does: connections, schemas, migrations, the extra.
+
+The backend-independent behaviour is in ``tests/journal/``, which runs on
+PostgreSQL too. These tests need the server of ``tests/_pgtest.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import _pgtest
+import psycopg
+import pytest
+
+from actionqueues import (
+    Action,
+    ActionQueue,
+    Journal,
+    JournalError,
+    open_journal,
+    recover,
+    register_action,
+)
+from actionqueues.testing import FakeClock, inject_faults
+
+pytestmark = _pgtest.marks()
+
+LEDGER: list[tuple[str, int]] = []
+
+
+@register_action("tests.pg.step")
+@dataclass
+class Step(Action):
+    n: int
+
+    def execute(self) -> None:
+        LEDGER.append(("do", self.n))
+
+    def rollback(self) -> None:
+        LEDGER.append(("undo", self.n))
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    """A journal URL on a fresh schema."""
+    LEDGER.clear()
+    with _pgtest.fresh_schema() as fresh:
+        yield fresh
+
+
+@pytest.fixture
+def journal(url: str) -> Iterator[Journal]:
+    opened = open_journal(url, heartbeat=False)
+    yield opened
+    opened.close()
+
+
+def _terminate_journal_connections(schema_url: str) -> int:
+    with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'actionqueues' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return len(rows)
+
+
+def test_a_connection_lost_between_commits_is_replaced_transparently(
+    journal: Journal, url: str
+) -> None:
+    """pg_terminate_backend between two steps: the run goes on, the journal is exact."""
+
+    @register_action("tests.pg.terminating")
+    @dataclass
+    class Terminating(Action):
+        def execute(self) -> None:
+            assert _terminate_journal_connections(url) >= 1
+
+    q = ActionQueue(journal=journal)
+    q.add(Step(0))
+    q.add(Terminating())
+    q.add(Step(2))
+    q.execute()
+    assert q.run_id is not None
+    timeline = journal.timeline(q.run_id)
+    assert timeline.run.status == "succeeded"
+    assert [s.status for s in timeline.steps] == ["succeeded"] * 3
+    assert [s.attempts for s in timeline.steps] == [1, 1, 1]
+
+
+def test_a_connection_lost_during_a_commit_stops_the_run_and_recovery_finishes_it(
+    journal: Journal, url: str
+) -> None:
+    """Killed inside a commit: JournalError saying the outcome is unknown; nothing half-written."""
+    hits = 0
+
+    def kill_inside_the_second_commit(point: str) -> None:
+        nonlocal hits
+        if point == "before_commit":
+            hits += 1
+            if hits == 2:  # the commit of step 0's result + step 1's start
+                _terminate_journal_connections(url)
+
+    q = ActionQueue(journal=journal, name="cut")
+    for n in range(3):
+        q.add(Step(n))
+    with inject_faults(kill_inside_the_second_commit), pytest.raises(JournalError) as caught:
+        q.execute()
+    assert "whether that commit was applied is unknown" in str(caught.value)
+    assert LEDGER == [("do", 0)]  # step 1 was never called: its start was not recorded
+    assert q.run_id is not None
+    timeline = journal.timeline(q.run_id)  # the failure is recorded on a new connection
+    assert timeline.run.status == "failed"
+    assert "unknown" in str(timeline.run.error)
+    assert [s.status for s in timeline.steps] == ["succeeded", "pending", "pending"]
+    del q
+    with open_journal(url, heartbeat=False, clock=FakeClock(time.time() + 3600)) as other:
+        report = recover(other)
+    assert [r.outcome for r in report.runs] == ["rolled_back"]
+    assert LEDGER == [("do", 0), ("undo", 0)]
+
+
+def test_schemas_and_table_prefixes_keep_journals_apart(url: str) -> None:
+    """Two prefixes in one schema are two journals; the tables carry the chosen prefix."""
+    with (
+        open_journal(url, heartbeat=False) as first,
+        open_journal(url + "&table_prefix=other_", heartbeat=False) as second,
+    ):
+        q = ActionQueue(journal=first)
+        q.add(Step(1))
+        q.execute()
+        assert len(first.runs()) == 1
+        assert second.runs() == []
+        assert "table_prefix=other_" in second.url
+    schema = url.rsplit("schema=", 1)[1]
+    with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
+        tables = {
+            row[0]
+            for row in admin.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                (schema,),
+            )
+        }
+    assert {"aq_runs", "aq_steps", "aq_events", "other_runs", "other_steps"} <= tables
+
+
+def test_processes_opening_a_new_schema_at_once_migrate_it_once(url: str) -> None:
+    """Journals opened concurrently on an empty schema all work (the migration is locked)."""
+    errors: list[BaseException] = []
+    opened: list[Journal] = []
+
+    def open_one() -> None:
+        try:
+            opened.append(open_journal(url, heartbeat=False))
+        except BaseException as exc:  # pragma: no cover - reported by the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for journal in opened:
+        journal.close()
+    assert errors == []
+    schema = url.rsplit("schema=", 1)[1]
+    with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
+        versions = admin.execute(f'SELECT version FROM "{schema}".aq_schema_version').fetchall()
+    assert versions == [(1,)]
+
+
+def test_a_journal_written_by_a_newer_version_is_refused_and_left_alone(url: str) -> None:
+    """A schema_version above this library's: JournalError naming it; nothing changed."""
+    open_journal(url, heartbeat=False).close()
+    schema = url.rsplit("schema=", 1)[1]
+    with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
+        admin.execute(f'INSERT INTO "{schema}".aq_schema_version VALUES (99, 0)')
+    with pytest.raises(JournalError, match=r"newer actionqueues .*schema version 99"):
+        open_journal(url, heartbeat=False)
+
+
+def test_tables_of_another_program_with_the_prefix_are_refused(url: str) -> None:
+    """A schema holding aq_* tables that are not a journal: JournalError, left untouched."""
+    schema = url.rsplit("schema=", 1)[1]
+    with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        admin.execute(f'CREATE TABLE "{schema}".aq_things (id int)')
+    with pytest.raises(JournalError, match="not an actionqueues journal"):
+        open_journal(url, heartbeat=False)
+
+
+def test_without_the_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No psycopg installed: ImportError naming actionqueues[postgres]."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(ImportError, match=r"actionqueues\[postgres\]"):
+        open_journal("postgresql://postgres@127.0.0.1/test")
+
+
+def test_read_only_reads_an_existing_journal_and_never_writes(url: str) -> None:
+    """read_only=True lists runs, refuses writes, and refuses a schema with no journal."""
+    with pytest.raises(JournalError, match="there is no actionqueues journal"):
+        open_journal(url, read_only=True)
+    with open_journal(url, heartbeat=False) as writer:
+        q = ActionQueue(journal=writer)
+        q.add(Step(1))
+        q.execute()
+    with open_journal(url, read_only=True) as reader:
+        assert [r.status for r in reader.runs()] == ["succeeded"]
+        with pytest.raises(JournalError, match="read-only"):
+            reader.release(str(q.run_id))
+
+
+def test_the_cli_lists_and_shows_a_postgresql_journal(
+    journal: Journal, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`runs list` and `runs show` work on a postgresql:// journal."""
+    from actionqueues._cli import main
+
+    q = ActionQueue(journal=journal, name="signup")
+    q.add(Step(1))
+    q.execute()
+    assert main(["runs", "list", "--journal", url]) == 0
+    assert main(["runs", "show", str(q.run_id)[:8], "--journal", url]) == 0
+    out = capsys.readouterr().out
+    assert "signup" in out
+    assert "succeeded" in out
+
+
+def test_a_connection_lost_before_a_read_is_replaced_transparently(
+    journal: Journal, url: str
+) -> None:
+    """pg_terminate_backend, then runs(): the read reconnects and answers."""
+    q = ActionQueue(journal=journal)
+    q.add(Step(1))
+    q.execute()
+    assert _terminate_journal_connections(url) >= 1
+    assert [r.run_id for r in journal.runs()] == [q.run_id]
+    assert _terminate_journal_connections(url) >= 1
+    assert journal.timeline(str(q.run_id)).run.status == "succeeded"
+
+
+def test_the_url_carries_the_pool_size_and_refuses_an_option_given_twice(url: str) -> None:
+    """?pool_size= and ?connect_timeout= are the journal's; given twice is a ValueError."""
+    with open_journal(url + "&pool_size=2&connect_timeout=5", heartbeat=False) as small:
+        assert small.runs() == []
+    with pytest.raises(ValueError, match="schema is given both in the URL and as an argument"):
+        open_journal(url, schema="other")
