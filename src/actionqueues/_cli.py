@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from . import _cli_runs as runs
+from . import _worker as workers
 from ._demo import crash_child, run_crash_demo, run_demo
 from ._journal import JournalError, default_journal_url
 from ._version import __version__
@@ -206,6 +207,74 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print a JSON object: the journal, one entry per run, and ok",
     )
+
+    worker = commands.add_parser(
+        "worker",
+        parents=[_journal_options("the text log lines")],
+        help="a long-running process that finishes the runs whose process died",
+        description="Claim, one at a time and atomically, each active run whose owner's lease "
+        "expired, and finish it as `actionqueues recover` does (roll back, or resume a "
+        "resumable run), in --concurrency threads; when nothing is left, look again every "
+        "--poll seconds. Any number of workers, on any number of machines, may share a journal: "
+        "each run is recovered by one of them at a time, and the runs of a worker that dies are "
+        "claimed by another once its lease expires. Logs one line per run, and a progress line "
+        "while working through a backlog. SIGTERM or SIGINT stops it cleanly: no new claims, "
+        "each thread finishes the run it holds; a second signal releases the runs in hand (so "
+        "another worker claims them at once) and exits.",
+        epilog="exit status: 0 stopped cleanly by a signal (every run in hand finished); 1 a "
+        "worker thread died unexpectedly; 2 bad arguments, action types no --import module "
+        "registers (without --force), or the journal cannot be opened (the message says why); "
+        f"{workers.EXIT_ABORTED} stopped by a second signal (the runs in hand were released)",
+    )
+    _import_option(worker)
+    worker.add_argument(
+        "--concurrency",
+        metavar="N",
+        type=runs.positive_int,
+        default=1,
+        help="recover up to N runs at once, in N threads sharing the journal (default: 1)",
+    )
+    worker.add_argument(
+        "--poll",
+        metavar="SECONDS",
+        type=workers.seconds,
+        default=1.0,
+        help="when no run is left to claim, look again after this long (default: 1); a "
+        "stop signal ends the wait at once",
+    )
+    worker.add_argument(
+        "--lease",
+        metavar="SECONDS",
+        type=workers.seconds,
+        default=30.0,
+        help="how long this worker's claim on a run lasts without a sign of life; renewed "
+        "every third of it while it works, so another worker takes over a run this long after "
+        "this one died (default: 30)",
+    )
+    worker.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines (default), or one JSON object per line: ts, level, event, message, "
+        "run_id, outcome and the other fields of the event",
+    )
+    worker.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="roll back resumable runs too, instead of resuming them forward",
+    )
+    worker.add_argument(
+        "--batch-progress",
+        action="store_true",
+        help="write the progress line every 100 recovered runs instead of every 2 seconds",
+    )
+    worker.add_argument(
+        "--force",
+        action="store_true",
+        help="start even when some abandoned runs use action types no imported module "
+        "registers (those runs are marked needs_attention; by default the worker refuses to "
+        "start)",
+    )
     return parser
 
 
@@ -254,6 +323,8 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     paint = runs.Painter(_use_color(out, args.color))
     if args.command == "recover":
         return runs.recover_command(args, out, err, paint)
+    if args.command == "worker":
+        return workers.worker_command(args, out, err, paint)
     if args.runs_command == "list":
         return runs.runs_list_command(args, out, paint)
     if args.runs_command == "show":

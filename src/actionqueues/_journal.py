@@ -328,7 +328,11 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     def release(self, run_id: str) -> None:
-        """Give up this owner's lease on ``run_id`` at once (recovery may claim it)."""
+        """Give up this owner's claim on ``run_id`` at once (recovery may claim it).
+
+        The run has no owner afterwards, so this owner's next write to it
+        raises :class:`LeaseLost`.
+        """
 
     @abc.abstractmethod
     def renew(self, run_ids: Sequence[str]) -> None:

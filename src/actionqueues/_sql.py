@@ -442,13 +442,14 @@ class SQLJournal(Journal):
         return self._run_write(body)
 
     def release(self, run_id: str) -> None:
-        """Give up this owner's lease on ``run_id`` at once."""
+        """Give up this owner's claim on ``run_id`` at once (its next write raises LeaseLost)."""
 
         def body(cur: Any) -> None:
             cur.execute(
                 self._sql(
                     "release",
-                    "UPDATE {t}runs SET lease_expires_at = 0 WHERE run_id = ? AND owner = ?",
+                    "UPDATE {t}runs SET lease_expires_at = 0, owner = NULL "
+                    "WHERE run_id = ? AND owner = ?",
                 ),
                 (run_id, self.owner),
             )

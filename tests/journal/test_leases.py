@@ -508,3 +508,16 @@ def test_a_failing_heartbeat_is_logged_and_the_thread_goes_on(journal_url: str) 
     assert "journal heartbeat failed" in records[0].getMessage()
     assert records[0].exc_info is not None
     del q
+
+
+def test_a_released_run_is_fenced_against_its_old_owner(journal: Journal) -> None:
+    """After release(), the old owner's next write raises LeaseLost and renews nothing."""
+    _, run_id = failed_run(journal)
+    journal.release(run_id)
+    run = journal.timeline(run_id).run
+    assert (run.owner, run.lease_expires_at) == (None, 0.0)
+    with pytest.raises(LeaseLost):
+        journal.commit(run_id, {}, [("event", None, "note", "late")])
+    after = journal.timeline(run_id)
+    assert (after.run.owner, after.run.lease_expires_at) == (None, 0.0)
+    assert [e.kind for e in after.events if e.kind == "note"] == []
