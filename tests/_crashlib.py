@@ -5,10 +5,14 @@ Shared by ``tests/test_crash.py``, ``tests/test_fault_points.py`` and
 
 The pieces:
 
-- The **ledger**: a SQLite file standing for the external systems. Each
-  :class:`LedgerStep`'s ``execute`` inserts its effect keyed by its
-  idempotency key (``INSERT OR IGNORE``: a repeated call is applied once) and
-  each ``rollback`` marks it undone; both count their calls and append to a log.
+- The **journal**: a URL (or a SQLite path). :func:`soak` gives each episode
+  a fresh one: a SQLite file of its own, or on PostgreSQL a table prefix of
+  its own in the schema the caller gives (``?schema=NAME``).
+- The **ledger**: a SQLite file standing for the external systems, whatever
+  the journal's backend. Each :class:`LedgerStep`'s ``execute`` inserts its
+  effect keyed by its idempotency key (``INSERT OR IGNORE``: a repeated call
+  is applied once) and each ``rollback`` marks it undone; both count their
+  calls and append to a log.
   Before a run executes, the process announces it (its id and :class:`RunSpec`).
 - The **workers**: ``tests/crash_child.py`` is a fork server. The parent
   starts it once with ``sys.executable`` (paying the interpreter start-up and
@@ -28,7 +32,16 @@ The pieces:
 Why a fork server: a fresh interpreter per kill costs ~0.25 s (importing
 actionqueues pulls in asyncio); a fork costs milliseconds. The test process
 itself never forks (it has threads); the server is single-threaded when it
-forks, and opens no database: each worker opens its own connections.
+forks, and opens no database: each worker opens its own connections (on
+PostgreSQL its own connection pool: a pool must never cross a fork).
+
+PostgreSQL: the server session of a SIGKILLed worker ends a moment after the
+worker (when the server reads the closed socket), and until then it may hold
+its row locks; recovery's ``FOR UPDATE SKIP LOCKED`` would skip such a run.
+In production recovery waits for the lease to expire; here the recovery
+clock jumps past the lease at once, so the parent waits for the dead
+worker's sessions to let go of the journal's tables first
+(:func:`wait_for_dead_sessions`).
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ import subprocess
 import sys
 import time
 import traceback
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +72,7 @@ from actionqueues import (
     Action,
     ActionQueue,
     AsyncActionQueue,
+    Journal,
     RecoveredRun,
     RecoveryReport,
     RetryPolicy,
@@ -412,24 +427,88 @@ async def _run_async(queue: AsyncActionQueue) -> RollbackReport | None:
     return None
 
 
+class KeptJournals:
+    """The parent's journals of one episode, kept open from round to round, per owner.
+
+    For PostgreSQL, where opening a journal costs a connection and the
+    migration check (~25 ms, three times a round). Each one's clock is an
+    :class:`OffsetClock` whose offset each use sets. The parent never forks.
+    """
+
+    def __init__(self) -> None:
+        self.journals: dict[tuple[str, str], tuple[Journal, OffsetClock]] = {}
+        self._admin: Any = None
+
+    def admin(self, journal_url: str) -> Any:
+        """A kept psycopg connection (autocommit) to the server of ``journal_url``."""
+        if self._admin is None:
+            import psycopg  # only with a PostgreSQL journal
+
+            self._admin = psycopg.connect(_postgres_parts(journal_url)[0], autocommit=True)
+        return self._admin
+
+    def get(self, journal_url: str, owner: str, offset: float) -> Journal:
+        kept = self.journals.get((journal_url, owner))
+        if kept is None:
+            clock = OffsetClock(offset)
+            journal = open_journal(journal_url, clock=clock, owner=owner, heartbeat=False)
+            kept = self.journals[(journal_url, owner)] = (journal, clock)
+        kept[1].offset = offset
+        return kept[0]
+
+    def close(self) -> None:
+        for journal, _ in self.journals.values():
+            journal.close()
+        self.journals.clear()
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+
+
+@contextlib.contextmanager
+def _opened(
+    journal_url: str, owner: str, offset: float, kept: KeptJournals | None
+) -> Iterator[Journal]:
+    """The journal at ``journal_url`` for ``owner``, opened afresh or kept in ``kept``."""
+    if kept is not None:
+        yield kept.get(journal_url, owner, offset)
+        return
+    with open_journal(
+        journal_url, clock=OffsetClock(offset), owner=owner, heartbeat=False
+    ) as journal:
+        yield journal
+
+
 def recover_journal(
-    journal_path: str, offset: float, owner: str, *, journaled: bool = False
+    journal_url: str,
+    offset: float,
+    owner: str,
+    *,
+    journaled: bool = False,
+    kept: KeptJournals | None = None,
 ) -> RecoveryReport:
-    """Recover every run of the journal, with a clock ``offset`` seconds ahead.
+    """Recover every run of the journal at ``journal_url``, with a clock ``offset`` seconds ahead.
 
     With the run's queue's policies (:data:`RETRY`), or with ``journaled``
     the ones recovery reads from the journal.
     """
-    with open_journal(
-        journal_path, clock=OffsetClock(offset), owner=owner, heartbeat=False
-    ) as journal:
-        if journaled:
-            return recover(journal, sleep=no_sleep)
-        return recover(journal, retry=RETRY, rollback_retry=ROLLBACK_RETRY, sleep=no_sleep)
+    with _opened(journal_url, owner, offset, kept) as journal:
+        return _recover(journal, journaled=journaled)
+
+
+def _recover(journal: Journal, *, journaled: bool) -> RecoveryReport:
+    if journaled:
+        return recover(journal, sleep=no_sleep)
+    return recover(journal, retry=RETRY, rollback_retry=ROLLBACK_RETRY, sleep=no_sleep)
 
 
 def settle(
-    journal_path: str, ledger_path: str, offset: float, owner: str
+    journal_url: str,
+    ledger_path: str,
+    offset: float,
+    owner: str,
+    *,
+    kept: KeptJournals | None = None,
 ) -> tuple[list[str], list[RecoveredRun]]:
     """Unblock and retry the rollback of every run that needs attention.
 
@@ -442,9 +521,7 @@ def settle(
     specs = read_ledger(ledger_path).specs
     bad: list[str] = []
     done: list[RecoveredRun] = []
-    with open_journal(
-        journal_path, clock=OffsetClock(offset), owner=owner, heartbeat=False
-    ) as journal:
+    with _opened(journal_url, owner, offset, kept) as journal:
         for info in reversed(journal.runs(status="needs_attention")):  # oldest first
             timeline = journal.timeline(info.run_id)
             spec = specs.get(info.run_id)
@@ -465,6 +542,90 @@ def settle(
     return bad, done
 
 
+# -- PostgreSQL journals ----------------------------------------------------------------
+
+
+def is_postgres(journal_url: str) -> bool:
+    """Whether ``journal_url`` is a PostgreSQL journal."""
+    return journal_url.lower().startswith(("postgresql://", "postgres://"))
+
+
+def _postgres_parts(journal_url: str) -> tuple[str, str, str]:
+    """The server's URL (without the journal's options), the schema and the table prefix."""
+    parts = urllib.parse.urlsplit(journal_url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    ours = ("schema", "table_prefix", "pool_size", "connect_timeout")
+    options = {k: v for k, v in query if k in ours}
+    rest = urllib.parse.urlencode([(k, v) for k, v in query if k not in ours])
+    server = urllib.parse.urlunsplit(parts._replace(query=rest))
+    return server, options.get("schema", "public"), options.get("table_prefix", "aq_")
+
+
+def with_table_prefix(journal_url: str, prefix: str) -> str:
+    """``journal_url`` (PostgreSQL) with the table prefix ``prefix``: a journal of its own."""
+    parts = urllib.parse.urlsplit(journal_url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in query if k != "table_prefix"] + [("table_prefix", prefix)]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "%"
+
+
+def wait_for_dead_sessions(journal_url: str, conn: Any = None, timeout: float = 60.0) -> bool:
+    """Wait until no other session holds a lock on the journal's tables (PostgreSQL).
+
+    Called after a worker is gone: its server sessions end when the server
+    notices the closed sockets, and until then they may hold row locks that
+    recovery's ``SKIP LOCKED`` skips. Returns whether it had to wait.
+    ``conn``: a psycopg connection (autocommit) to use, or None for a new one.
+    """
+    server, schema, prefix = _postgres_parts(journal_url)
+    if conn is None:
+        import psycopg  # only with a PostgreSQL journal
+
+        with psycopg.connect(server, autocommit=True) as new:
+            return wait_for_dead_sessions(journal_url, new, timeout)
+    deadline = time.monotonic() + timeout
+    waited = False
+    while True:
+        row = conn.execute(
+            "SELECT string_agg(DISTINCT l.pid::text || ' ' || l.mode || ' ' || c.relname, "
+            "', ') FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname LIKE %s AND l.pid <> pg_backend_pid()",
+            (schema, _like_prefix(prefix)),
+        ).fetchone()
+        if row is None or row[0] is None:
+            return waited
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"sessions still hold locks on the journal {journal_url} {timeout} s after "
+                f"its worker died: {row[0]}"
+            )
+        waited = True
+        time.sleep(0.001)
+
+
+def drop_journal(journal_url: str) -> None:
+    """Drop the tables of the journal at ``journal_url`` (PostgreSQL; its schema stays)."""
+    import psycopg  # only with a PostgreSQL journal
+
+    server, schema, prefix = _postgres_parts(journal_url)
+    with psycopg.connect(server, autocommit=True) as conn:
+        names = [
+            name
+            for (name,) in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename LIKE %s",
+                (schema, _like_prefix(prefix)),
+            )
+        ]
+        if names:
+            tables = ", ".join(f'"{schema}"."{name}"' for name in names)
+            conn.execute(f"DROP TABLE {tables} CASCADE")
+
+
 # -- the worker (a forked child of crash_child.py) ----------------------------------
 
 
@@ -472,7 +633,8 @@ def worker_main(job: dict[str, Any], progress: int) -> None:
     """Run one job, writing progress bytes to ``progress``.
 
     ``R`` ready (about to open the journal), ``O`` opened, ``C`` recovering
-    leftover runs, ``Q`` running queues, ``.`` a run finished.
+    leftover runs (the recoverer's journal is open), ``Q`` running queues,
+    ``.`` a run finished.
     """
     if job.get("stderr"):
         fd = os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -488,13 +650,14 @@ def worker_main(job: dict[str, Any], progress: int) -> None:
         journal = open_journal(job["journal"], lease=job.get("lease", 30.0))
         os.write(progress, b"O")
         if job.get("recover_offset"):
-            os.write(progress, b"C")
-            recover_journal(
+            with open_journal(
                 job["journal"],
-                job["recover_offset"],
-                f"recoverer:{os.getpid()}",
-                journaled=job.get("journaled", False),
-            )
+                clock=OffsetClock(job["recover_offset"]),
+                owner=f"recoverer:{os.getpid()}",
+                heartbeat=False,
+            ) as recoverer:
+                os.write(progress, b"C")
+                _recover(recoverer, journaled=job.get("journaled", False))
         os.write(progress, b"Q")
         spec = None if job.get("spec") is None else RunSpec.from_json(job["spec"])
         for n in range(job["runs"]):
@@ -572,9 +735,17 @@ def run_forked(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def serve() -> None:
-    """The fork server's loop: one JSON job per stdin line, one JSON result per stdout line."""
+    """The fork server's loop: one JSON job per stdin line, one JSON result per stdout line.
+
+    It imports psycopg before the first fork of a PostgreSQL job (~0.25 s
+    saved per worker); it never connects: each worker opens its own pool.
+    """
     for line in sys.stdin:
-        result = run_forked(json.loads(line))
+        job = json.loads(line)
+        if is_postgres(job["journal"]):
+            import psycopg  # noqa: F401 - imported once, before the forks
+            import psycopg_pool  # noqa: F401
+        result = run_forked(job)
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()
 
@@ -675,8 +846,8 @@ def read_ledger(path: str) -> Ledger:
     return Ledger(specs, effects, log)
 
 
-def read_journal(path: str) -> dict[str, RunTimeline]:
-    with open_journal(path, owner="checker", heartbeat=False) as journal:
+def read_journal(journal_url: str, kept: KeptJournals | None = None) -> dict[str, RunTimeline]:
+    with _opened(journal_url, "checker", 0.0, kept) as journal:
         return {info.run_id: journal.timeline(info.run_id) for info in journal.runs()}
 
 
@@ -703,7 +874,9 @@ class Facts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def check(journal_path: str, ledger_path: str) -> tuple[list[str], Facts]:
+def check(
+    journal_url: str, ledger_path: str, kept: KeptJournals | None = None
+) -> tuple[list[str], Facts]:
     """Check the crash invariant; return the violations (empty when it holds) and counts.
 
     After recovery: every run is succeeded or rolled_back; no run is lost
@@ -718,7 +891,7 @@ def check(journal_path: str, ledger_path: str) -> tuple[list[str], Facts]:
     hold across crashes (retry_rollback() by the :data:`OPERATOR` gives the
     rollbacks a fresh budget each).
     """
-    timelines = read_journal(journal_path)
+    timelines = read_journal(journal_url, kept)
     ledger = read_ledger(ledger_path)
     bad: list[str] = []
     facts = Facts()
@@ -851,6 +1024,7 @@ class Tally:
     """What a soak did."""
 
     seed: int = 0
+    backend: str = "sqlite"
     kills: Counter[str] = field(default_factory=Counter)  # by point ("timer" for the timer)
     phases: Counter[str] = field(default_factory=Counter)  # open / recover / run
     survived: int = 0  # workers that ended before their kill point was reached
@@ -861,6 +1035,7 @@ class Tally:
     retried: int = 0  # runs that needed attention, unblocked and retried to rolled_back
     facts: Facts = field(default_factory=Facts)
     violations: list[str] = field(default_factory=list)
+    lingering: int = 0  # PostgreSQL: kills after which the dead worker's session held locks
     elapsed: float = 0.0
 
     @property
@@ -878,11 +1053,12 @@ class Tally:
         self.retried += other.retried
         self.facts.add(other.facts)
         self.violations += other.violations
+        self.lingering += other.lingering
 
     def render(self) -> str:
         facts = self.facts
         lines = [
-            f"crash soak: {self.total_kills} SIGKILLs in {self.rounds} rounds "
+            f"crash soak ({self.backend}): {self.total_kills} SIGKILLs in {self.rounds} rounds "
             f"({self.episodes} journals), {self.elapsed:.1f} s, seed {self.seed}",
             "  kills by point: "
             + ", ".join(f"{p} {self.kills[p]}" for p in ("timer", *POINTS) if self.kills[p]),
@@ -901,6 +1077,12 @@ class Tally:
             f"that wrote nothing (killed in flight, or failed first) {facts.undo_without_effect}",
             f"  invariant violations: {len(self.violations)}",
         ]
+        if self.backend == "postgresql":
+            lines.insert(
+                3,
+                f"  workers whose server session still held locks once they were reaped "
+                f"(waited for): {self.lingering}",
+            )
         lines += [f"    {v}" for v in self.violations[:20]]
         return "\n".join(lines)
 
@@ -918,19 +1100,36 @@ def _quiet() -> Callable[[], None]:
     return lambda: logger.setLevel(level)
 
 
-def soak(kills: int, *, seed: int, directory: str, workers: int = 2) -> Tally:
-    """SIGKILL workers ``kills`` times in all, recovering and checking after each; tally."""
+def soak(
+    kills: int, *, seed: int, directory: str, workers: int = 2, journal_url: str | None = None
+) -> Tally:
+    """SIGKILL workers ``kills`` times in all, recovering and checking after each; tally.
+
+    The ledgers (and, without ``journal_url``, the SQLite journals) go under
+    ``directory``. ``journal_url`` is a PostgreSQL journal URL
+    (``postgresql://...?schema=NAME``): each episode then journals under a
+    table prefix of its own in that schema; the tables of the episodes that
+    kept the invariant are dropped, the others kept (the caller drops the schema).
+    """
+    if journal_url is not None and not is_postgres(journal_url):
+        raise ValueError(f"journal_url must be a postgresql:// URL, got {journal_url!r}")
     started = time.perf_counter()
     restore = _quiet()
     try:
         quotas = [kills // workers + (i < kills % workers) for i in range(workers)]
         with ThreadPoolExecutor(workers, thread_name_prefix="crash-soak") as pool:
             futures = [
-                pool.submit(_soak_worker, quota, seed * 1000 + i, os.path.join(directory, f"w{i}"))
+                pool.submit(
+                    _soak_worker,
+                    quota,
+                    seed * 1000 + i,
+                    os.path.join(directory, f"w{i}"),
+                    None if journal_url is None else with_table_prefix(journal_url, f"w{i}_"),
+                )
                 for i, quota in enumerate(quotas)
                 if quota
             ]
-            tally = Tally(seed=seed)
+            tally = Tally(seed=seed, backend="sqlite" if journal_url is None else "postgresql")
             for future in futures:
                 tally.merge(future.result())
     finally:
@@ -939,7 +1138,12 @@ def soak(kills: int, *, seed: int, directory: str, workers: int = 2) -> Tally:
     return tally
 
 
-def _soak_worker(quota: int, seed: int, directory: str) -> Tally:
+def _soak_worker(quota: int, seed: int, directory: str, journal_base: str | None) -> Tally:
+    """One soak thread: episodes of up to ROUNDS_PER_JOURNAL kills each, each on a fresh journal.
+
+    ``journal_base`` is a PostgreSQL URL whose table prefix the episodes extend
+    (``w0_`` gives ``w0_j0_``, ``w0_j1_``...), or None for SQLite files.
+    """
     os.makedirs(directory, exist_ok=True)
     rng = random.Random(seed)
     tally = Tally()
@@ -947,16 +1151,30 @@ def _soak_worker(quota: int, seed: int, directory: str) -> Tally:
     with ForkServer(os.path.join(directory, "server.err")) as server:
         while tally.total_kills < quota:
             episode = os.path.join(directory, f"j{tally.episodes}")
+            if journal_base is None:
+                journal = os.path.join(episode, "journal.db")
+            else:
+                prefix = _postgres_parts(journal_base)[2]
+                journal = with_table_prefix(journal_base, f"{prefix}j{tally.episodes}_")
             tally.episodes += 1
             os.makedirs(episode)
             jobs: list[dict[str, Any]] = []
-            violations = _episode(server, rng, episode, quota, tally, points, jobs)
+            kept = None if journal_base is None else KeptJournals()
+            try:
+                violations = _episode(
+                    server, rng, episode, journal, kept, quota, tally, points, jobs
+                )
+            finally:
+                if kept is not None:
+                    kept.close()
             if violations:
                 with open(os.path.join(episode, "jobs.json"), "w") as f:
                     json.dump(jobs, f, indent=1)
-                tally.violations += [f"[{episode}/jobs.json] {v}" for v in violations]
+                tally.violations += [f"[{episode}/jobs.json, {journal}] {v}" for v in violations]
             else:
                 shutil.rmtree(episode)
+                if is_postgres(journal):
+                    drop_journal(journal)
     return tally
 
 
@@ -964,12 +1182,13 @@ def _episode(
     server: ForkServer,
     rng: random.Random,
     episode: str,
+    journal: str,
+    kept: KeptJournals | None,
     quota: int,
     tally: Tally,
     points: list[str],
     jobs: list[dict[str, Any]],
 ) -> list[str]:
-    journal = os.path.join(episode, "journal.db")
     ledger = os.path.join(episode, "ledger.db")
     create_ledger(ledger)
     deferred = False
@@ -998,6 +1217,8 @@ def _episode(
                 points.extend(rng.sample(POINTS, len(POINTS)))
             job["kill"] = [points.pop(), rng.randint(1, MAX_NTH)]
         result = server.run(job)
+        if kept is not None:
+            tally.lingering += wait_for_dead_sessions(journal, kept.admin(journal))
         tally.rounds += 1
         progress = result["progress"]
         tally.child_runs += progress.count(".")
@@ -1013,17 +1234,19 @@ def _episode(
         jobs.append(job)
         if not deferred:
             offset = 10_000.0 * (round_no + 1) + 5_000
-            report = recover_journal(journal, offset, "parent", journaled=job["journaled"])
+            report = recover_journal(
+                journal, offset, "parent", journaled=job["journaled"], kept=kept
+            )
             for recovered in report.runs:
                 tally.outcomes[recovered.outcome] += 1
             if not all(
                 r.outcome in ("rolled_back", "resumed", "needs_attention") for r in report.runs
             ):
                 violations.append(f"recovery was not ok after round {round_no}: {report}")
-            settled, retried = settle(journal, ledger, offset, OPERATOR)
+            settled, retried = settle(journal, ledger, offset, OPERATOR, kept=kept)
             tally.retried += len(retried)
             violations += [f"after round {round_no}: {v}" for v in settled]
-            bad, facts = check(journal, ledger)
+            bad, facts = check(journal, ledger, kept)
             violations += [f"after round {round_no}: {v}" for v in bad]
             if last:
                 tally.facts.add(facts)
@@ -1032,12 +1255,16 @@ def _episode(
     return violations
 
 
-def replay(jobs_path: str, directory: str) -> list[str]:
-    """Run a saved episode's jobs again (timer kills land elsewhere); return the violations."""
+def replay(jobs_path: str, directory: str, journal_url: str | None = None) -> list[str]:
+    """Run a saved episode's jobs again (timer kills land elsewhere); return the violations.
+
+    On a new SQLite journal under ``directory``, or on the (empty) PostgreSQL
+    journal ``journal_url``; the ledger goes under ``directory``.
+    """
     with open(jobs_path) as f:
         jobs = json.load(f)
     os.makedirs(directory, exist_ok=True)
-    journal = os.path.join(directory, "journal.db")
+    journal = journal_url or os.path.join(directory, "journal.db")
     ledger = os.path.join(directory, "ledger.db")
     create_ledger(ledger)
     bad: list[str] = []
@@ -1045,8 +1272,11 @@ def replay(jobs_path: str, directory: str) -> list[str]:
     try:
         with ForkServer(os.path.join(directory, "server.err")) as server:
             for round_no, job in enumerate(jobs):
-                job.update(journal=journal, ledger=ledger, stderr=journal + ".err")
+                stderr = os.path.join(directory, f"worker{round_no}.err")
+                job.update(journal=journal, ledger=ledger, stderr=stderr)
                 print(f"round {round_no}: {server.run(job)}")
+                if is_postgres(journal):
+                    wait_for_dead_sessions(journal)
                 if job["then"] == "recovered":
                     offset = 10_000.0 * (round_no + 1) + 5_000
                     journaled = job.get("journaled", False)
@@ -1069,7 +1299,9 @@ __all__ = [
     "Transient",
     "check",
     "create_ledger",
+    "drop_journal",
     "hooked",
+    "is_postgres",
     "read_journal",
     "read_ledger",
     "recover_journal",
@@ -1079,4 +1311,6 @@ __all__ = [
     "settle",
     "soak",
     "unblock",
+    "wait_for_dead_sessions",
+    "with_table_prefix",
 ]

@@ -14,21 +14,31 @@ recoveries use the policies journaled with the steps. Some runs have a step
 whose rollback fails until it is unblocked: those end needs_attention, and
 are unblocked and retried (``retry_rollback``) before the check.
 
+The soak runs on both backends: SQLite journal files, and PostgreSQL (the
+server of ``_pgtest``; a fresh schema per test, a table prefix per journal;
+skipped, saying how to run it, when the server is absent). The ledger is a
+local SQLite file either way.
+
 Also here: in-process tests of a zombie owner (alive, its lease expired, its
 run taken over), and tests that the check is not vacuous.
 
 ``ACTIONQUEUES_CRASH_KILLS`` (default 200), ``ACTIONQUEUES_CRASH_SEED`` and
-``ACTIONQUEUES_CRASH_WORKERS`` (default 2) tune it; ``pytest -s`` prints the
+``ACTIONQUEUES_CRASH_WORKERS`` (default 2; 4 on PostgreSQL, where a worker
+mostly waits for the server's commits) tune it; ``pytest -s`` prints the
 tally. ``scripts/crash_soak.py`` is the long version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
+import threading
+import time
 from typing import Any
 
+import _pgtest
 import pytest
 from _crashlib import (
     POINTS,
@@ -42,6 +52,7 @@ from _crashlib import (
     hooked,
     no_sleep,
     read_ledger,
+    recover_journal,
     run_queue,
     soak,
 )
@@ -52,12 +63,23 @@ from actionqueues.testing import FakeClock
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork() and SIGKILL (POSIX)")
 
 
-def test_sigkilled_workers_leave_every_run_succeeded_or_fully_rolled_back(tmp_path: Any) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=_pgtest.marks())])
+def test_sigkilled_workers_leave_every_run_succeeded_or_fully_rolled_back(
+    tmp_path: Any, backend: str
+) -> None:
     """After 200+ SIGKILLs and recoveries, every run is succeeded or rolled back, nothing lost."""
     kills = int(os.environ.get("ACTIONQUEUES_CRASH_KILLS", "200"))
     seed = int(os.environ.get("ACTIONQUEUES_CRASH_SEED") or random.randrange(10**6))
-    workers = int(os.environ.get("ACTIONQUEUES_CRASH_WORKERS", "2"))
-    tally = soak(kills, seed=seed, directory=str(tmp_path), workers=workers)
+    workers = int(
+        os.environ.get("ACTIONQUEUES_CRASH_WORKERS") or (4 if backend == "postgresql" else 2)
+    )
+    with contextlib.ExitStack() as stack:
+        journal_url = None
+        if backend == "postgresql":
+            journal_url = stack.enter_context(_pgtest.fresh_schema("aqcrash"))
+        tally = soak(
+            kills, seed=seed, directory=str(tmp_path), workers=workers, journal_url=journal_url
+        )
     print(f"\n{tally.render()}")
     assert tally.violations == [], (
         f"crash invariant violated (ACTIONQUEUES_CRASH_SEED={seed}):\n{tally.render()}"
@@ -228,3 +250,73 @@ def test_a_zombie_owner_is_fenced_and_the_recoverer_finishes_its_run(
     zombie.close()
     recoverer.close()
     assert check(journal_path, ledger)[0] == []
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=_pgtest.marks())])
+def test_a_claim_in_the_middle_of_a_zombie_step_commit_fences_the_zombie(
+    tmp_path: Any, backend: str
+) -> None:
+    """A recoverer claims the run while the zombie's step commit is open (before COMMIT).
+
+    Either the claim waits for (or skips) the run until that commit is over,
+    or the commit fails with LeaseLost: the zombie must not write to the run
+    after the takeover. In the end (after a last recovery) the invariant holds.
+    SQLite serializes writers, so this is a PostgreSQL test.
+    """
+    ledger = str(tmp_path / "ledger.db")
+    create_ledger(ledger)
+    with _pgtest.fresh_schema("aqcrash") as url:
+        clock = FakeClock(1_000_000.0)
+        zombie = open_journal(url, clock=clock, owner="zombie", lease=10, heartbeat=False)
+        recoverer = open_journal(url, clock=clock, owner="recoverer", heartbeat=False)
+        watcher = open_journal(url, owner="watcher", heartbeat=False)
+        spec = RunSpec(steps=3)
+        queue = ActionQueue(
+            journal=zombie,
+            name="zombie",
+            retry=RETRY,
+            rollback_retry=ROLLBACK_RETRY,
+            sleep=no_sleep,
+        )
+        for action in spec.actions(ledger):
+            queue.add(action)
+        assert queue.run_id is not None
+        run_id = queue.run_id
+        announce(ledger, run_id, spec)
+        commits = 0
+        takeover: list[threading.Thread] = []
+
+        def hook(point: str) -> None:
+            nonlocal commits
+            if point != "before_commit" or takeover:
+                return
+            commits += 1
+            if commits < 2:  # the first commit creates the run; the second is a step's
+                return
+            clock.advance(60)  # past the zombie's lease
+            thread = threading.Thread(
+                target=recover,
+                args=(recoverer,),
+                kwargs={"retry": RETRY, "rollback_retry": ROLLBACK_RETRY, "sleep": no_sleep},
+            )
+            takeover.append(thread)
+            thread.start()
+            # Until its claim is committed (its rollback then waits for our locks), or
+            # it returned (it skipped the run): then let the zombie's COMMIT go.
+            deadline = time.monotonic() + 10
+            while thread.is_alive() and time.monotonic() < deadline:
+                if watcher.timeline(run_id).run.owner == "recoverer":
+                    break
+                time.sleep(0.005)
+
+        try:
+            with hooked(hook), contextlib.suppress(LeaseLost):
+                queue.execute()
+            [thread] = takeover
+            thread.join(30)
+            assert not thread.is_alive()
+        finally:
+            for journal in (zombie, recoverer, watcher):
+                journal.close()
+        recover_journal(url, 10_000.0, "last")
+        assert check(url, ledger)[0] == []

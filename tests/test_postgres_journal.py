@@ -59,11 +59,12 @@ def journal(url: str) -> Iterator[Journal]:
     opened.close()
 
 
-def _terminate_journal_connections(schema_url: str) -> int:
+def _terminate_journal_connections(journal: Journal) -> int:
+    """Terminate the server sessions of ``journal``'s pool (named after its owner)."""
     with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
         rows = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'actionqueues' AND pid <> pg_backend_pid()"
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (f"actionqueues {journal.owner}"[:63],),
         ).fetchall()
     return len(rows)
 
@@ -77,7 +78,7 @@ def test_a_connection_lost_between_commits_is_replaced_transparently(
     @dataclass
     class Terminating(Action):
         def execute(self) -> None:
-            assert _terminate_journal_connections(url) >= 1
+            assert _terminate_journal_connections(journal) >= 1
 
     q = ActionQueue(journal=journal)
     q.add(Step(0))
@@ -102,7 +103,7 @@ def test_a_connection_lost_during_a_commit_stops_the_run_and_recovery_finishes_i
         if point == "before_commit":
             hits += 1
             if hits == 2:  # the commit of step 0's result + step 1's start
-                _terminate_journal_connections(url)
+                _terminate_journal_connections(journal)
 
     q = ActionQueue(journal=journal, name="cut")
     for n in range(3):
@@ -236,9 +237,9 @@ def test_a_connection_lost_before_a_read_is_replaced_transparently(
     q = ActionQueue(journal=journal)
     q.add(Step(1))
     q.execute()
-    assert _terminate_journal_connections(url) >= 1
+    assert _terminate_journal_connections(journal) >= 1
     assert [r.run_id for r in journal.runs()] == [q.run_id]
-    assert _terminate_journal_connections(url) >= 1
+    assert _terminate_journal_connections(journal) >= 1
     assert journal.timeline(str(q.run_id)).run.status == "succeeded"
 
 

@@ -98,6 +98,7 @@ class PostgresJournal(SQLJournal):
     real_type = "DOUBLE PRECISION"
     serial_type = "BIGSERIAL PRIMARY KEY"
     claim_lock = "FOR UPDATE SKIP LOCKED"
+    fence_lock = "FOR SHARE"
 
     def __init__(
         self,
@@ -131,7 +132,7 @@ class PostgresJournal(SQLJournal):
             kwargs={
                 "autocommit": True,
                 "options": f"-c search_path={schema}",
-                "application_name": "actionqueues",
+                "application_name": f"actionqueues {self.owner}"[:63],
             },
             open=False,
             name="actionqueues-journal",

@@ -151,6 +151,9 @@ class SQLJournal(Journal):
     serial_type = "INTEGER PRIMARY KEY"
     #: Appended to the claim's SELECT (PostgreSQL: FOR UPDATE SKIP LOCKED).
     claim_lock = ""
+    #: Appended to a commit's owner check, so that a claim cannot commit in between
+    #: (PostgreSQL: FOR SHARE; SQLite's single writer needs nothing).
+    fence_lock = ""
 
     _sql_cache: dict[Any, str]
 
@@ -364,7 +367,10 @@ class SQLJournal(Journal):
                 held = cur.rowcount == 1
             else:
                 cur.execute(
-                    self._sql("owner", "SELECT owner FROM {t}runs WHERE run_id = ?"), (run_id,)
+                    self._sql(
+                        "owner", f"SELECT owner FROM {{t}}runs WHERE run_id = ? {self.fence_lock}"
+                    ),
+                    (run_id,),
                 )
                 row = cur.fetchone()
                 held = row is not None and row[0] == self.owner
