@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._journal import JournalError
-from ._sql import SQLJournal
+from ._journal import JournalError, LeaseLost, Op, fault
+from ._sql import UPDATABLE_STEP, SQLJournal
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg_pool
@@ -164,6 +164,70 @@ class PostgresJournal(SQLJournal):
     def _create_schema(self, cur: Any) -> None:
         self._lock_schema(cur)  # two processes creating it at once would collide
         cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+
+    def commit(
+        self, run_id: str, run: dict[str, Any], ops: Sequence[Op], *, renew: bool = True
+    ) -> None:
+        """Update run ``run_id`` and apply ``ops``, atomically (see :meth:`Journal.commit`).
+
+        A step's usual commit (step rows only, no lease renewal) is one statement,
+        so one round trip: its updates apply only while this owner holds the run
+        (checked under ``FOR SHARE``). Being idempotent, it is retried once on a
+        new connection if the connection was lost.
+        """
+        if run or renew or not ops or any(op[0] != "step" for op in ops):
+            super().commit(run_id, run, ops, renew=renew)
+            return
+        # One statement cannot update a row twice: merge the ops of each step, in order.
+        merged: dict[int, dict[str, Any]] = {}
+        for _, index, columns in ops:
+            merged.setdefault(index, {}).update(columns)
+        parts = [f"r AS (SELECT owner FROM {self.prefix}runs WHERE run_id = %s FOR SHARE)"]
+        params: list[Any] = [run_id]
+        for n, (index, columns) in enumerate(merged.items()):
+            keys = tuple(columns)
+            for key in keys:
+                if key not in UPDATABLE_STEP:
+                    raise ValueError(f"not a step column that can be written: {key!r}")
+            sets = ", ".join(f"{k} = %s" for k in keys)
+            parts.append(
+                f"s{n} AS (UPDATE {self.prefix}steps SET {sets} WHERE run_id = %s AND idx = %s "
+                f"AND (SELECT owner FROM r) = %s RETURNING 1)"
+            )
+            params += [*columns.values(), run_id, index, self.owner]
+        sql = "WITH " + ", ".join(parts) + " SELECT (SELECT owner FROM r)"
+        self._check_usable()
+        if self.read_only:
+            raise JournalError(f"the journal {self.url} was opened read-only", self.url)
+        fault("before_commit")
+        psycopg = self._psycopg
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection() as conn:
+                    row = conn.execute(sql, params).fetchone()
+                break
+            except psycopg.OperationalError as exc:
+                if attempt == 1:
+                    self._pool.check()  # drop the pool's other dead connections
+                    continue
+                raise self._fail("cannot write to the journal", exc) from exc
+            except psycopg.Error as exc:
+                raise self._fail("cannot write to the journal", exc) from exc
+        owner = None if row is None else row[0]
+        if owner != self.owner:
+            if owner is None and not self._run_exists(run_id):
+                raise JournalError(f"no run {run_id} in the journal {self.url}", self.url)
+            raise LeaseLost(run_id, self.owner, self.url)
+        fault("after_commit")
+
+    def _run_exists(self, run_id: str) -> bool:
+        """Whether the journal has run ``run_id``."""
+
+        def body(cur: Any) -> bool:
+            cur.execute(f"SELECT 1 FROM {self.prefix}runs WHERE run_id = %s", (run_id,))
+            return cur.fetchone() is not None
+
+        return self._run_read(body)
 
     def _placeholders(self, sql: str) -> str:
         return sql.replace("?", "%s")

@@ -116,7 +116,7 @@ STEP_COLUMNS = (
     "rollback_error",
     "policies",
 )
-_UPDATABLE_STEP = frozenset(STEP_COLUMNS[2:-1])
+UPDATABLE_STEP = frozenset(STEP_COLUMNS[2:-1])
 _UPDATABLE_RUN = frozenset({"status", "error", "finished_at"})
 #: Stored run columns (``started`` is counted from the steps when read).
 RUN_STORED = tuple(c for c in RUN_COLUMNS if c != "started")
@@ -182,7 +182,7 @@ class SQLJournal(Journal):
 
     def _update_sql(self, table: str, keys: tuple[str, ...]) -> str:
         """The UPDATE of ``keys`` (in that order) of a run or a step; checked, then cached."""
-        allowed = _UPDATABLE_RUN if table == "run" else _UPDATABLE_STEP
+        allowed = _UPDATABLE_RUN if table == "run" else UPDATABLE_STEP
         for key in keys:
             if key not in allowed:
                 raise ValueError(f"not a {table} column that can be written: {key!r}")
