@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import _pgtest
@@ -21,6 +21,7 @@ from actionqueues import (
     ActionQueue,
     Journal,
     JournalError,
+    QueueStateError,
     open_journal,
     recover,
     register_action,
@@ -92,36 +93,58 @@ def test_a_connection_lost_between_commits_is_replaced_transparently(
     assert [s.attempts for s in timeline.steps] == [1, 1, 1]
 
 
-def test_a_connection_lost_during_a_commit_stops_the_run_and_recovery_finishes_it(
-    journal: Journal, url: str
-) -> None:
-    """Killed inside a commit: JournalError saying the outcome is unknown; nothing half-written."""
+def _kill_at_commit(journal: Journal, nth: int) -> Callable[[str], None]:
+    """A fault hook that terminates the journal's sessions just before its nth commit."""
     hits = 0
 
-    def kill_inside_the_second_commit(point: str) -> None:
+    def hook(point: str) -> None:
         nonlocal hits
         if point == "before_commit":
             hits += 1
-            if hits == 2:  # the commit of step 0's result + step 1's start
+            if hits == nth:
                 _terminate_journal_connections(journal)
 
+    return hook
+
+
+def test_a_step_commit_whose_connection_is_lost_is_retried_transparently(
+    journal: Journal,
+) -> None:
+    """A step's commit (one idempotent statement) lost with its connection is simply resent."""
     q = ActionQueue(journal=journal, name="cut")
     for n in range(3):
         q.add(Step(n))
-    with inject_faults(kill_inside_the_second_commit), pytest.raises(JournalError) as caught:
+    with inject_faults(_kill_at_commit(journal, 2)):  # step 0's result + step 1's start
+        q.execute()
+    assert LEDGER == [("do", 0), ("do", 1), ("do", 2)]
+    timeline = journal.timeline(str(q.run_id))
+    assert timeline.run.status == "succeeded"
+    assert [(s.status, s.attempts) for s in timeline.steps] == [("succeeded", 1)] * 3
+
+
+def test_a_connection_lost_during_a_commit_stops_the_run_and_recovery_finishes_it(
+    journal: Journal, url: str
+) -> None:
+    """Killed inside a transaction's COMMIT: JournalError saying the outcome is unknown."""
+    q = ActionQueue(journal=journal, name="cut")
+    for n in range(3):
+        q.add(Step(n))
+    # commits: 1 create + step 0 start, 2 and 3 the step commits, 4 the run's success
+    with inject_faults(_kill_at_commit(journal, 4)), pytest.raises(JournalError) as caught:
         q.execute()
     assert "whether that commit was applied is unknown" in str(caught.value)
-    assert LEDGER == [("do", 0)]  # step 1 was never called: its start was not recorded
+    assert LEDGER == [("do", 0), ("do", 1), ("do", 2)]
     assert q.run_id is not None
-    timeline = journal.timeline(q.run_id)  # the failure is recorded on a new connection
-    assert timeline.run.status == "failed"
-    assert "unknown" in str(timeline.run.error)
-    assert [s.status for s in timeline.steps] == ["succeeded", "pending", "pending"]
+    timeline = journal.timeline(q.run_id)  # the journal says no more than was done
+    assert timeline.run.status == "running"
+    assert [s.status for s in timeline.steps] == ["succeeded", "succeeded", "running"]
+    with pytest.raises(QueueStateError):
+        q.execute()
     del q
     with open_journal(url, heartbeat=False, clock=FakeClock(time.time() + 3600)) as other:
         report = recover(other)
     assert [r.outcome for r in report.runs] == ["rolled_back"]
-    assert LEDGER == [("do", 0), ("undo", 0)]
+    assert LEDGER[3:] == [("undo", 2), ("undo", 1), ("undo", 0)]
 
 
 def test_schemas_and_table_prefixes_keep_journals_apart(url: str) -> None:
