@@ -307,7 +307,7 @@ def test_a_claim_in_the_middle_of_a_zombie_step_commit_fences_the_zombie(
             while thread.is_alive() and time.monotonic() < deadline:
                 if watcher.timeline(run_id).run.owner == "recoverer":
                     break
-                time.sleep(0.005)
+                thread.join(0.005)  # wait on the recoverer itself, a little at a time
 
         try:
             with hooked(hook), contextlib.suppress(LeaseLost):
