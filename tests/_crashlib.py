@@ -587,25 +587,32 @@ def wait_for_dead_sessions(journal_url: str, conn: Any = None, timeout: float = 
 
         with psycopg.connect(server, autocommit=True) as new:
             return wait_for_dead_sessions(journal_url, new, timeout)
-    deadline = time.monotonic() + timeout
-    waited = False
-    while True:
-        row = conn.execute(
-            "SELECT string_agg(DISTINCT l.pid::text || ' ' || l.mode || ' ' || c.relname, "
-            "', ') FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname LIKE %s AND l.pid <> pg_backend_pid()",
-            (schema, _like_prefix(prefix)),
-        ).fetchone()
-        if row is None or row[0] is None:
-            return waited
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"sessions still hold locks on the journal {journal_url} {timeout} s after "
-                f"its worker died: {row[0]}"
-            )
-        waited = True
-        time.sleep(0.001)
+    row = conn.execute(
+        "SELECT string_agg(DISTINCT l.pid::text || ' ' || l.mode || ' ' || c.relname, "
+        "', '), array_agg(DISTINCT c.relname) FROM pg_locks l "
+        "JOIN pg_class c ON c.oid = l.relation "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname LIKE %s AND l.pid <> pg_backend_pid() "
+        "AND c.relkind = 'r'",
+        (schema, _like_prefix(prefix)),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return False
+    import psycopg  # only with a PostgreSQL journal
+
+    # Taking the tables' strongest lock waits (on the server) until those sessions are
+    # gone; lock_timeout bounds the wait.
+    tables = ", ".join(f'"{schema}"."{name}"' for name in row[1])
+    try:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'")
+            conn.execute(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
+    except psycopg.errors.LockNotAvailable as exc:
+        raise RuntimeError(
+            f"sessions still hold locks on the journal {journal_url} {timeout} s after "
+            f"its worker died: {row[0]}"
+        ) from exc
+    return True
 
 
 def drop_journal(journal_url: str) -> None:

@@ -144,6 +144,7 @@ class FileLedger:
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.local()
+        self._gates: dict[int, sqlite3.Connection] = {}  # the test's side of each trap
         self._conn().executescript(_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
@@ -156,11 +157,14 @@ class FileLedger:
         return conn
 
     def close(self) -> None:
-        """Close this thread's connection."""
+        """Close this thread's connection, and let go of every trap still set."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+        for gate in self._gates.values():
+            gate.close()
+        self._gates.clear()
 
     def started(self, key: str) -> None:
         run_id, index = _split(key)
@@ -204,23 +208,37 @@ class FileLedger:
         if trap is not None:
             self._hold(trap[0])
 
+    def _gate(self, trap: int) -> str:
+        return f"{self.path}.trap{trap}"
+
     def _hold(self, trap: int) -> None:
-        """Block (this rollback has undone its effect, and not returned) until released."""
-        deadline = time.monotonic() + TRAP_LIMIT
-        while time.monotonic() < deadline:
-            row = self._conn().execute("SELECT released FROM traps WHERE id = ?", (trap,))
-            if row.fetchone()[0]:
-                return
-            time.sleep(0.01)  # in a worker process, never in the test process
-        raise RuntimeError(f"trap {trap} was neither released nor killed in {TRAP_LIMIT} s")
+        """Block (this rollback has undone its effect, and not returned) until released.
+
+        The trap's gate is a database the test keeps write-locked until it
+        releases the trap: taking its write lock blocks here (SQLite waits up to
+        its timeout), without any sleep of ours.
+        """
+        gate = sqlite3.connect(self._gate(trap), timeout=TRAP_LIMIT, isolation_level=None)
+        try:
+            gate.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise RuntimeError(
+                f"trap {trap} was neither released nor killed in {TRAP_LIMIT} s"
+            ) from exc
+        finally:
+            gate.close()
 
     # -- the test process's side -------------------------------------------------------
 
     def set_trap(self, pid: int | None = None) -> int:
         """Catch the next rollback call of process ``pid`` (None: of any); return the trap."""
         cursor = self._conn().execute("INSERT INTO traps (pid) VALUES (?)", (pid,))
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        trap = cursor.lastrowid
+        assert trap is not None
+        gate = sqlite3.connect(self._gate(trap), isolation_level=None, check_same_thread=False)
+        gate.execute("BEGIN IMMEDIATE")  # closed by release(), or by this process's end
+        self._gates[trap] = gate
+        return trap
 
     def sprung(self, trap: int) -> str | None:
         """The key of the rollback the trap holds, or None if it did not catch one yet."""
@@ -230,6 +248,10 @@ class FileLedger:
     def release(self, trap: int) -> None:
         """Let the held rollback return."""
         self._conn().execute("UPDATE traps SET released = 1 WHERE id = ?", (trap,))
+        gate = self._gates.pop(trap, None)
+        if gate is not None:
+            gate.execute("ROLLBACK")
+            gate.close()
 
 
 def _ledger_from_environment() -> Ledger:
