@@ -30,6 +30,7 @@ from ._journal import (
     StepRecord,
     default_journal_url,
     open_journal,
+    sqlite_path,
 )
 from ._recovery import RecoveredRun, recover, retry_rollback
 from ._registry import _BY_NAME
@@ -264,12 +265,13 @@ def journal_url(args: argparse.Namespace) -> str:
 
 def _sqlite_file(url: str) -> str | None:
     """The file of a SQLite journal URL (as :func:`open_journal` reads it), else None."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return os.path.abspath(os.path.expanduser(url))
-    if scheme.lower() != "sqlite" or rest in ("", "/", "/:memory:") or not rest.startswith("/"):
-        return None  # in memory, another backend, or a bad URL open_journal explains
-    return os.path.abspath(os.path.expanduser(rest[1:]))
+    try:
+        path = sqlite_path(url)
+    except ValueError:
+        return None  # a bad URL: open_journal explains it
+    if path is None or path == ":memory:":
+        return None
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def missing_journal(url: str) -> str | None:

@@ -431,6 +431,32 @@ def default_journal_url() -> str:
     return "sqlite:///" + os.path.abspath(os.path.join(base, "actionqueues", "runs.db"))
 
 
+def sqlite_path(url: str) -> str | None:
+    """The file (or ``":memory:"``) a SQLite journal URL names; None for another scheme.
+
+    Raises:
+        ValueError: a malformed ``sqlite:`` URL.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        if url.lower().startswith(("sqlite:", "postgresql:", "postgres:")):  # not a path
+            raise ValueError(
+                f"malformed journal URL {url!r}: use sqlite:///relative/path.db, "
+                f"sqlite:////absolute/path.db, sqlite:// (in memory) or postgresql://..."
+            )
+        return url
+    if scheme.lower() != "sqlite":
+        return None
+    if rest in ("", "/", "/:memory:"):
+        return ":memory:"
+    if not rest.startswith("/"):
+        raise ValueError(
+            f"a SQLite journal URL is sqlite:///relative/path.db or "
+            f"sqlite:////absolute/path.db (three or four slashes), got {url!r}"
+        )
+    return rest[1:]
+
+
 def open_journal(url: str | os.PathLike[str], **options: Any) -> Journal:
     """Open (creating or migrating as needed) the journal at ``url``.
 
@@ -454,28 +480,12 @@ def open_journal(url: str | os.PathLike[str], **options: Any) -> Journal:
     if not isinstance(url, (str, os.PathLike)):
         raise TypeError(f"a journal URL is a string like 'sqlite:///runs.db', got {url!r}")
     text = os.fspath(url)
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        if text.lower().startswith(("sqlite:", "postgresql:", "postgres:")):  # not a path
-            raise ValueError(
-                f"malformed journal URL {text!r}: use sqlite:///relative/path.db, "
-                f"sqlite:////absolute/path.db, sqlite:// (in memory) or postgresql://..."
-            )
+    path = sqlite_path(text)
+    if path is not None:
         from ._sqlite import SQLiteJournal  # noqa: PLC0415 - backends load on demand
 
-        return SQLiteJournal(text, **options)
-    scheme = scheme.lower()
-    if scheme == "sqlite":
-        from ._sqlite import SQLiteJournal  # noqa: PLC0415 - backends load on demand
-
-        if rest in ("", "/", "/:memory:"):
-            return SQLiteJournal(":memory:", **options)
-        if not rest.startswith("/"):
-            raise ValueError(
-                f"a SQLite journal URL is sqlite:///relative/path.db or "
-                f"sqlite:////absolute/path.db (three or four slashes), got {text!r}"
-            )
-        return SQLiteJournal(rest[1:], **options)
+        return SQLiteJournal(path, **options)
+    scheme = text.partition("://")[0].lower()
     if scheme in ("postgresql", "postgres"):
         from ._postgres import open_postgres  # noqa: PLC0415 - backends load on demand
 

@@ -148,8 +148,7 @@ class PostgresJournal(SQLJournal):
             ) from exc
         try:
             if self.read_only:
-                with self._read() as cur:
-                    found = self._inspect(cur)
+                found = self._run_read(self._inspect)
                 if found is None:
                     raise JournalError(
                         f"there is no actionqueues journal in {self.where}", self.url
@@ -200,19 +199,12 @@ class PostgresJournal(SQLJournal):
         if self.read_only:
             raise JournalError(f"the journal {self.url} was opened read-only", self.url)
         fault("before_commit")
-        psycopg = self._psycopg
-        for attempt in (1, 2):
-            try:
-                with self._pool.connection() as conn:
-                    row = conn.execute(sql, params).fetchone()
-                break
-            except psycopg.OperationalError as exc:
-                if attempt == 1:
-                    self._pool.check()  # drop the pool's other dead connections
-                    continue
-                raise self._fail("cannot write to the journal", exc) from exc
-            except psycopg.Error as exc:
-                raise self._fail("cannot write to the journal", exc) from exc
+
+        def send() -> Any:
+            with self._pool.connection() as conn:
+                return conn.execute(sql, params).fetchone()
+
+        row = self._twice(send, "cannot write to the journal")
         owner = None if row is None else row[0]
         if owner != self.owner:
             if owner is None and not self._run_exists(run_id):
@@ -284,34 +276,36 @@ class PostgresJournal(SQLJournal):
     def _write(self) -> Iterator[Any]:  # pragma: no cover - writes go through _run_write
         raise NotImplementedError
 
-    def _run_read(self, body: Callable[[Any], _R]) -> _R:
-        """Read; retried once on a new connection if the old one was dead."""
-        self._check_usable()
-        psycopg = self._psycopg
-        for attempt in (1, 2):
-            try:
-                with self._pool.connection() as conn:
-                    try:
-                        with conn.transaction(), conn.cursor() as cur:
-                            return body(cur)
-                    except psycopg.OperationalError:
-                        if attempt == 1:
-                            self._pool.check()  # drop the pool's other dead connections
-                            continue  # a read is safe to repeat, on a new connection
-                        raise
-            except psycopg.Error as exc:
-                raise self._fail("cannot read the journal", exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _twice(self, attempt: Callable[[], _R], what: str) -> _R:
+        """``attempt()``, made again on a new connection if the connection was lost.
 
-    @contextmanager
-    def _read(self) -> Iterator[Any]:
-        self._check_usable()
+        Only for what is safe to repeat: a read, or an idempotent write.
+        """
         psycopg = self._psycopg
         try:
-            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                yield cur
+            return attempt()
+        except psycopg.OperationalError:
+            self._pool.check()  # drop the pool's other dead connections
         except psycopg.Error as exc:
-            raise self._fail("cannot read the journal", exc) from exc
+            raise self._fail(what, exc) from exc
+        try:
+            return attempt()
+        except psycopg.Error as exc:
+            raise self._fail(what, exc) from exc
+
+    def _run_read(self, body: Callable[[Any], _R]) -> _R:
+        """Read; made again on a new connection if the connection was lost."""
+        self._check_usable()
+
+        def read() -> _R:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                return body(cur)
+
+        return self._twice(read, "cannot read the journal")
+
+    @contextmanager
+    def _read(self) -> Iterator[Any]:  # pragma: no cover - reads go through _run_read
+        raise NotImplementedError
 
     def close(self) -> None:
         """Stop the heartbeat and close the pool; closing twice is harmless."""
