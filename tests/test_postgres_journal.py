@@ -10,7 +10,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import _pgtest
 import psycopg
@@ -21,7 +23,7 @@ from actionqueues import (
     ActionQueue,
     Journal,
     JournalError,
-    QueueStateError,
+    RetryPolicy,
     open_journal,
     recover,
     register_action,
@@ -31,6 +33,10 @@ from actionqueues.testing import FakeClock, inject_faults
 pytestmark = _pgtest.marks()
 
 LEDGER: list[tuple[str, int]] = []
+
+
+def no_sleep(seconds: float) -> None:
+    """The queues' injected sleep: never sleeps."""
 
 
 @register_action("tests.pg.step")
@@ -122,29 +128,171 @@ def test_a_step_commit_whose_connection_is_lost_is_retried_transparently(
     assert [(s.status, s.attempts) for s in timeline.steps] == [("succeeded", 1)] * 3
 
 
-def test_a_connection_lost_during_a_commit_stops_the_run_and_recovery_finishes_it(
-    journal: Journal, url: str
+@register_action("tests.pg.flaky")
+@dataclass
+class Flaky(Action):
+    """Fails its first call, then works."""
+
+    n: int
+    calls: int = 0
+
+    def execute(self) -> None:
+        self.calls += 1
+        LEDGER.append(("do", self.n))
+        if self.calls == 1:
+            raise ConnectionError("flaky")
+
+    def rollback(self) -> None:
+        LEDGER.append(("undo", self.n))
+
+
+class _AnswerLost:
+    """Wraps a journal's pool: the nth statement is applied, then its answer is "lost"."""
+
+    def __init__(self, pool: Any, nth: int) -> None:
+        self.pool = pool
+        self.nth = nth
+        self.sent = 0
+
+    def connection(self) -> Any:
+        wrapper = self
+
+        @contextmanager
+        def lend() -> Iterator[Any]:
+            with wrapper.pool.connection() as conn:
+
+                class Conn:
+                    def __getattr__(self, name: str) -> Any:
+                        return getattr(conn, name)
+
+                    def execute(self, *args: Any) -> Any:
+                        result = conn.execute(*args)
+                        wrapper.sent += 1
+                        if wrapper.sent == wrapper.nth:
+                            raise psycopg.OperationalError("server closed the connection")
+                        return result
+
+                yield Conn()
+
+        return lend()
+
+    def check(self) -> None:
+        pass
+
+
+def test_a_commit_applied_but_whose_answer_was_lost_is_resent_without_doubling_events(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Killed inside a transaction's COMMIT: JournalError saying the outcome is unknown."""
+    """The connection dies after the server applied the commit: the resend changes nothing.
+
+    The retry's schedule (a step column and a "retry" event) is written once.
+    """
+    lost = _AnswerLost(journal._pool, 3)  # type: ignore[attr-defined]
+    monkeypatch.setattr(journal, "_pool", lost)
+    q = ActionQueue(journal=journal, name="cut", retry=RetryPolicy(max_attempts=3), sleep=no_sleep)
+    q.add(Step(0))
+    q.add(Flaky(1))
+    q.add(Step(2))
+    # commits: 1 create + step 0 start, 2 step 0's result + step 1's start, 3 the retry's schedule
+    q.execute()
+    assert lost.sent > 3
+    assert LEDGER == [("do", 0), ("do", 1), ("do", 1), ("do", 2)]
+    timeline = journal.timeline(str(q.run_id))
+    assert timeline.run.status == "succeeded"
+    assert [(s.status, s.attempts) for s in timeline.steps] == [
+        ("succeeded", 1),
+        ("succeeded", 2),
+        ("succeeded", 1),
+    ]
+    assert [(e.kind, e.index) for e in timeline.events] == [("retry", 1)]
+
+
+def test_a_create_applied_but_whose_answer_was_lost_is_not_refused(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's first commit landed, its answer did not: the resend sees the run is ours."""
+    lost = _AnswerLost(journal._pool, 1)  # type: ignore[attr-defined]
+    monkeypatch.setattr(journal, "_pool", lost)
+    q = ActionQueue(journal=journal, name="cut")
+    q.add(Step(0))
+    q.add(Step(1))
+    q.execute()
+    timeline = journal.timeline(str(q.run_id))
+    assert timeline.run.status == "succeeded"
+    assert [(s.status, s.attempts) for s in timeline.steps] == [("succeeded", 1)] * 2
+
+
+def test_a_run_id_already_in_the_journal_is_refused(journal: Journal) -> None:
+    """create() of a run whose id is taken: a clear error, the journal unchanged."""
+    run = {
+        "run_id": "r-1",
+        "name": "a",
+        "kind": "sync",
+        "status": "running",
+        "resumable": 0,
+        "steps": 0,
+    }
+    journal.create(run, [], [])
+    with pytest.raises(JournalError, match="a run r-1 is already in the journal"):
+        journal.create({**run, "name": "b"}, [], [])
+    assert [r.name for r in journal.runs()] == ["a"]
+
+
+def test_a_connection_lost_during_a_transaction_commit_reports_an_unknown_outcome(
+    journal: Journal, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim (a transaction) whose COMMIT is lost: JournalError saying the outcome is unknown.
+
+    Nothing is resent; the run stays recoverable once its lease runs out.
+    """
+    q = ActionQueue(journal=journal, name="cut")
+    q.add(Step(0))
+    q.execute()
+    journal.commit(str(q.run_id), {"status": "running"}, [])  # as if its process had died
+    del q
+    clock = FakeClock(time.time() + 3600)
+    with open_journal(url, heartbeat=False, clock=clock) as other:
+        timeline = other._timeline  # type: ignore[attr-defined]
+
+        def read_then_lose_the_connection(*args: Any) -> Any:
+            found = timeline(*args)  # the claim's last statement, before its COMMIT
+            _terminate_journal_connections(other)
+            return found
+
+        monkeypatch.setattr(other, "_timeline", read_then_lose_the_connection)
+        with pytest.raises(JournalError, match="whether that commit was applied is unknown"):
+            other.claim()
+        monkeypatch.undo()
+        clock.advance(3600)
+        report = recover(other)
+    assert [r.outcome for r in report.runs] == ["rolled_back"]
+    assert LEDGER == [("do", 0), ("undo", 0)]
+
+
+def test_the_run_success_commit_lost_with_its_connection_is_resent(journal: Journal) -> None:
+    """The run's last commit (its success; one statement) is sent again on a new connection."""
     q = ActionQueue(journal=journal, name="cut")
     for n in range(3):
         q.add(Step(n))
     # commits: 1 create + step 0 start, 2 and 3 the step commits, 4 the run's success
-    with inject_faults(_kill_at_commit(journal, 4)), pytest.raises(JournalError) as caught:
+    with inject_faults(_kill_at_commit(journal, 4)):
         q.execute()
-    assert "whether that commit was applied is unknown" in str(caught.value)
-    assert LEDGER == [("do", 0), ("do", 1), ("do", 2)]
-    assert q.run_id is not None
-    timeline = journal.timeline(q.run_id)  # the journal says no more than was done
-    assert timeline.run.status == "running"
-    assert [s.status for s in timeline.steps] == ["succeeded", "succeeded", "running"]
-    with pytest.raises(QueueStateError):
+    timeline = journal.timeline(str(q.run_id))
+    assert timeline.run.status == "succeeded"
+    assert timeline.run.lease_expires_at == 0
+    assert [s.status for s in timeline.steps] == ["succeeded"] * 3
+
+
+def test_the_create_commit_lost_with_its_connection_is_resent(journal: Journal) -> None:
+    """The run's first commit (its rows + step 0's start; one statement) is sent again."""
+    q = ActionQueue(journal=journal, name="cut")
+    for n in range(2):
+        q.add(Step(n))
+    with inject_faults(_kill_at_commit(journal, 1)):
         q.execute()
-    del q
-    with open_journal(url, heartbeat=False, clock=FakeClock(time.time() + 3600)) as other:
-        report = recover(other)
-    assert [r.outcome for r in report.runs] == ["rolled_back"]
-    assert LEDGER[3:] == [("undo", 2), ("undo", 1), ("undo", 0)]
+    timeline = journal.timeline(str(q.run_id))
+    assert timeline.run.status == "succeeded"
+    assert [(s.status, s.attempts) for s in timeline.steps] == [("succeeded", 1)] * 2
 
 
 def test_schemas_and_table_prefixes_keep_journals_apart(url: str) -> None:

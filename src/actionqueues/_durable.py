@@ -175,6 +175,7 @@ class RunRecorder:
         self.renewed = 0.0  # when this recorder last renewed the run's lease (journal clock)
         self.ops: list[Op] = []
         self.run: dict[str, Any] = {}
+        self.committed: dict[str, Any] = {}  # the run columns of the commits made so far
         self.create_rows: list[dict[str, Any]] | None = None
         self.rolling_back = False
         self.failed_rollbacks: set[int] = set()
@@ -202,6 +203,7 @@ class RunRecorder:
         run, self.run = self.run, {}
         try:
             self._write(ops, run)
+            self.committed.update(run)
         except LeaseLost:
             self.lost = True
             raise

@@ -11,14 +11,16 @@ once.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._journal import JournalError, LeaseLost, Op, fault
-from ._sql import UPDATABLE_STEP, SQLJournal
+from ._sql import RUN_STORED, TERMINAL, UPDATABLE_RUN, UPDATABLE_STEP, SQLJournal
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg_pool
@@ -28,6 +30,27 @@ __all__ = ["PostgresJournal"]
 _R = TypeVar("_R")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 _OUR_OPTIONS = ("schema", "table_prefix", "pool_size", "connect_timeout")
+_MISSING = object()
+#: The step columns a one-statement create inserts (after run_id), with their types.
+_STEP_TYPES = {
+    "idx": "integer",
+    "type": "text",
+    "state": "text",
+    "policies": "text",
+    "status": "text",
+    "attempts": "integer",
+    "rollback_attempts": "integer",
+    "next_retry_at": "double precision",
+    "started_at": "double precision",
+    "finished_at": "double precision",
+    "rollback_started_at": "double precision",
+    "rollback_finished_at": "double precision",
+    "error": "text",
+    "rollback_error": "text",
+}
+_STEP_INSERT = tuple(_STEP_TYPES)
+_NEW_STEP: dict[str, Any] = dict.fromkeys(_STEP_INSERT[1:])
+_NEW_STEP.update(status="pending", attempts=0, rollback_attempts=0)
 
 
 def _import_psycopg() -> tuple[Any, Any]:
@@ -40,6 +63,12 @@ def _import_psycopg() -> tuple[Any, Any]:
             "psycopg_pool): pip install 'actionqueues[postgres]'"
         ) from exc
     return psycopg, psycopg_pool
+
+
+def _check_columns(keys: Iterable[str], allowed: frozenset[str], table: str) -> None:
+    for key in keys:
+        if key not in allowed:
+            raise ValueError(f"not a {table} column that can be written: {key!r}")
 
 
 def _identifier(name: str, value: object) -> str:
@@ -77,10 +106,13 @@ class PostgresJournal(SQLJournal):
 
     Every commit is durable when it returns (with the server's default
     ``synchronous_commit=on``). Connections come from a pool shared by the
-    process's queues, threads and heartbeat. A connection lost between two
-    commits is replaced transparently; one lost during a commit raises
-    :class:`JournalError` saying that the commit's outcome is unknown (the
-    run then stops, and recovery finishes it from what the journal holds).
+    process's queues, threads and heartbeat. A queue's commits are single
+    statements, sent again on a new connection if the connection is lost
+    (whether it was lost before or after the server applied them: they are
+    written so that sending one twice changes nothing). Only the
+    transactions of recovery (a claim) and of the heartbeat cannot be resent
+    blindly: one whose connection is lost while committing raises
+    :class:`JournalError` saying that its outcome is unknown.
 
     Args:
         url: ``postgresql://user[:password]@host[:port]/database``; libpq
@@ -97,6 +129,9 @@ class PostgresJournal(SQLJournal):
 
     real_type = "DOUBLE PRECISION"
     serial_type = "BIGSERIAL PRIMARY KEY"
+    # Room on each page for a row's next versions: a step's updates then stay on its
+    # page (HOT updates, no index writes).
+    updated_table_options = " WITH (fillfactor = 70)"
     claim_lock = "FOR UPDATE SKIP LOCKED"
     fence_lock = "FOR SHARE"
 
@@ -164,60 +199,213 @@ class PostgresJournal(SQLJournal):
         self._lock_schema(cur)  # two processes creating it at once would collide
         cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
 
+    def create(
+        self, run: dict[str, Any], steps: Sequence[dict[str, Any]], ops: Sequence[Op]
+    ) -> None:
+        """Insert a run and its steps, then apply ``ops`` (see :meth:`Journal.create`).
+
+        One statement, so one round trip: the step ops are folded into the
+        inserted rows, and the steps are sent as one JSON parameter whatever
+        their number.
+        If the connection is lost, it is sent again on a new one; the run's id
+        then tells whether the first one landed.
+        """
+        now = self.clock()
+        row = self._run_row(run, now)
+        run_id = row["run_id"]
+        rows = {
+            s["idx"]: {
+                **_NEW_STEP,
+                "idx": s["idx"],
+                "type": s["type"],
+                "state": s["state"],
+                "policies": s.get("policies"),
+            }
+            for s in steps
+        }
+        events: list[tuple[Any, ...]] = []
+        for op in ops:
+            if op[0] == "step":
+                _, index, columns = op
+                _check_columns(columns, UPDATABLE_STEP, "step")
+                if index in rows:  # as the UPDATE of a step that is not there would do
+                    rows[index].update(columns)
+            else:
+                events.append(op[1:])
+        params: list[Any] = [row[c] for c in RUN_STORED]
+        params.append(json.dumps(list(rows.values()), separators=(",", ":")))
+        sql = self._statements.get(("create", len(events))) or self._create_sql(len(events))
+        params += self._event_params(run_id, now, events)
+        self._writable()
+        fault("before_commit")
+        sent = 0
+
+        def send() -> Any:
+            nonlocal sent
+            sent += 1
+            with self._pool.connection() as conn:
+                return conn.execute(sql, params).fetchone()
+
+        inserted = self._twice(send, "cannot write to the journal")
+        # Not inserted: already there. After a resend, that is our first send (it landed
+        # before the connection was lost) if the run is this journal's; else another run.
+        if (inserted is None or not inserted[0]) and (
+            sent == 1 or self._owner_of(run_id) != self.owner
+        ):
+            raise JournalError(f"a run {run_id} is already in the journal {self.url}", self.url)
+        fault("after_commit")
+
+    def _create_sql(self, events: int) -> str:
+        t = self.prefix
+        record = ", ".join(f"{c} {kind}" for c, kind in _STEP_TYPES.items())
+        sql = (
+            f"WITH r AS (INSERT INTO {t}runs ({', '.join(RUN_STORED)}) "
+            f"VALUES ({', '.join(['%s'] * len(RUN_STORED))}) "
+            f"ON CONFLICT (run_id) DO NOTHING RETURNING run_id), "
+            f"s AS (INSERT INTO {t}steps (run_id, {', '.join(_STEP_INSERT)}) "
+            f"SELECT r.run_id, u.* FROM r, jsonb_to_recordset(%s::jsonb) AS u({record}))"
+            + self._events_sql(events, "EXISTS (SELECT 1 FROM r)", dedupe=False)
+            + " SELECT count(*) FROM r"
+        )
+        self._statements[("create", events)] = sql
+        return sql
+
+    def _events_sql(self, events: int, condition: str, *, dedupe: bool) -> str:
+        """The CTE inserting ``events`` events, in order, when ``condition`` holds.
+
+        With ``dedupe``, an event already in the journal (the same run, time,
+        step, kind and detail: one this commit's first send wrote) is skipped.
+        """
+        if not events:
+            return ""
+        t = self.prefix
+        values = ", ".join(
+            ["(%s::integer, %s, %s::double precision, %s::integer, %s, %s)"] * events
+        )
+        if dedupe:
+            condition += (
+                f" AND NOT EXISTS (SELECT 1 FROM {t}events e WHERE e.run_id = v.run_id "
+                f"AND e.at = v.at AND e.idx IS NOT DISTINCT FROM v.idx AND e.kind = v.kind "
+                f"AND e.detail = v.detail)"
+            )
+        return (
+            f", e AS (INSERT INTO {t}events (run_id, at, idx, kind, detail) "
+            f"SELECT v.run_id, v.at, v.idx, v.kind, v.detail "
+            f"FROM (VALUES {values}) AS v(n, run_id, at, idx, kind, detail) "
+            f"WHERE {condition} ORDER BY v.n)"
+        )
+
+    @staticmethod
+    def _event_params(run_id: str, now: float, events: list[tuple[Any, ...]]) -> list[Any]:
+        params: list[Any] = []
+        for n, (index, kind, detail) in enumerate(events):
+            params += [n, run_id, now, index, kind, detail]
+        return params
+
     def commit(
         self, run_id: str, run: dict[str, Any], ops: Sequence[Op], *, renew: bool = True
     ) -> None:
         """Update run ``run_id`` and apply ``ops``, atomically (see :meth:`Journal.commit`).
 
-        A step's usual commit (step rows only, no lease renewal) is one statement,
-        so one round trip: its updates apply only while this owner holds the run
-        (checked under ``FOR SHARE``). Being idempotent, it is retried once on a
-        new connection if the connection was lost.
+        One statement, so one round trip: its writes apply only while this owner
+        holds the run (the run row is updated, or read ``FOR SHARE``, first). If
+        the connection is lost, it is sent again on a new one: the run's and the
+        steps' columns are simply written again, and the events the first send
+        may have written are not written twice.
         """
-        if run or renew or not ops or any(op[0] != "step" for op in ops):
-            super().commit(run_id, run, ops, renew=renew)
-            return
+        now = self.clock()
         # One statement cannot update a row twice: merge the ops of each step, in order.
         merged: dict[int, dict[str, Any]] = {}
-        for _, index, columns in ops:
-            merged.setdefault(index, {}).update(columns)
-        parts = [f"r AS (SELECT owner FROM {self.prefix}runs WHERE run_id = %s FOR SHARE)"]
-        params: list[Any] = [run_id]
-        for n, (index, columns) in enumerate(merged.items()):
-            keys = tuple(columns)
-            for key in keys:
-                if key not in UPDATABLE_STEP:
-                    raise ValueError(f"not a step column that can be written: {key!r}")
-            sets = ", ".join(f"{k} = %s" for k in keys)
-            parts.append(
-                f"s{n} AS (UPDATE {self.prefix}steps SET {sets} WHERE run_id = %s AND idx = %s "
-                f"AND (SELECT owner FROM r) = %s RETURNING 1)"
-            )
+        events: list[tuple[Any, ...]] = []
+        for op in ops:
+            if op[0] == "step":
+                merged.setdefault(op[1], {}).update(op[2])
+            else:
+                events.append(op[1:])
+        writes_run = bool(run) or renew
+        shape = (
+            tuple(run) if writes_run else None,
+            tuple(tuple(c) for c in merged.values()),
+            len(events),
+        )
+        params: list[Any]
+        if writes_run:
+            # A finished run keeps no lease: a retry of its rollback may claim it at once.
+            lease = 0.0 if run.get("status") in TERMINAL else now + self.lease
+            params = [*run.values(), lease, now, run_id, self.owner]
+        else:
+            params = [run_id]
+        for index, columns in merged.items():
             params += [*columns.values(), run_id, index, self.owner]
-        sql = "WITH " + ", ".join(parts) + " SELECT (SELECT owner FROM r)"
-        self._check_usable()
-        if self.read_only:
-            raise JournalError(f"the journal {self.url} was opened read-only", self.url)
+        if events:
+            params += [*self._event_params(run_id, now, events), self.owner]
+        self._writable()
         fault("before_commit")
+        sent = 0
 
         def send() -> Any:
+            nonlocal sent
+            sent += 1
+            key = (*shape, sent > 1)
+            sql = self._statements.get(key) or self._commit_sql(key)
             with self._pool.connection() as conn:
                 return conn.execute(sql, params).fetchone()
 
         row = self._twice(send, "cannot write to the journal")
         owner = None if row is None else row[0]
         if owner != self.owner:
-            if owner is None and not self._run_exists(run_id):
+            if self._owner_of(run_id) is _MISSING:
                 raise JournalError(f"no run {run_id} in the journal {self.url}", self.url)
             raise LeaseLost(run_id, self.owner, self.url)
         fault("after_commit")
 
-    def _run_exists(self, run_id: str) -> bool:
-        """Whether the journal has run ``run_id``."""
+    @functools.cached_property
+    def _statements(self) -> dict[Any, str]:
+        """The one-statement commits' SQL, by shape."""
+        return {}
 
-        def body(cur: Any) -> bool:
-            cur.execute(f"SELECT 1 FROM {self.prefix}runs WHERE run_id = %s", (run_id,))
-            return cur.fetchone() is not None
+    def _commit_sql(self, key: tuple[Any, ...]) -> str:
+        """The one-statement commit of these run and step columns and events.
+
+        Run columns None: the run is only read (to check the owner). On a resend,
+        events already in the journal are skipped.
+        """
+        t = self.prefix
+        run_keys, step_keys, events, resend = key
+        if run_keys is None:
+            parts = [f"WITH r AS (SELECT owner FROM {t}runs WHERE run_id = %s FOR SHARE)"]
+        else:
+            _check_columns(run_keys, UPDATABLE_RUN, "run")
+            sets = "".join(f"{k} = %s, " for k in run_keys)
+            parts = [
+                f"WITH r AS (UPDATE {t}runs SET {sets}lease_expires_at = %s, updated_at = %s "
+                f"WHERE run_id = %s AND owner = %s RETURNING owner)"
+            ]
+        for n, keys in enumerate(step_keys):
+            _check_columns(keys, UPDATABLE_STEP, "step")
+            sets = ", ".join(f"{k} = %s" for k in keys)
+            parts.append(
+                f", s{n} AS (UPDATE {t}steps SET {sets} WHERE run_id = %s AND idx = %s "
+                f"AND (SELECT owner FROM r) = %s RETURNING 1)"
+            )
+        parts.append(self._events_sql(events, "(SELECT owner FROM r) = %s", dedupe=resend))
+        parts.append(" SELECT (SELECT owner FROM r)")
+        sql = "".join(parts)
+        self._statements[key] = sql
+        return sql
+
+    def _writable(self) -> None:
+        self._check_usable()
+        if self.read_only:
+            raise JournalError(f"the journal {self.url} was opened read-only", self.url)
+
+    def _owner_of(self, run_id: str) -> object:
+        """Run ``run_id``'s owner (None if it has none), or ``_MISSING`` if there is no such run."""
+
+        def body(cur: Any) -> object:
+            cur.execute(f"SELECT owner FROM {self.prefix}runs WHERE run_id = %s", (run_id,))
+            row = cur.fetchone()
+            return _MISSING if row is None else row[0]
 
         return self._run_read(body)
 
@@ -240,9 +428,7 @@ class PostgresJournal(SQLJournal):
 
     def _run_write(self, body: Callable[[Any], _R]) -> _R:
         """One transaction; retried once on a new connection if the old one was dead."""
-        self._check_usable()
-        if self.read_only:
-            raise JournalError(f"the journal {self.url} was opened read-only", self.url)
+        self._writable()
         psycopg = self._psycopg
         for attempt in (1, 2):
             committing = False
@@ -263,8 +449,8 @@ class PostgresJournal(SQLJournal):
                     raise JournalError(
                         f"the connection to the PostgreSQL journal {self.where} was lost "
                         f"while committing, so whether that commit was applied is unknown: "
-                        f"{str(exc).strip()}; this process stops writing to the run, and "
-                        f"recovery will finish it from what the journal holds",
+                        f"{str(exc).strip()}; it was not sent again (a claim that landed ends "
+                        f"with its lease, and recovery takes the run again)",
                         self.url,
                     ) from exc
                 raise self._fail("cannot write to the journal", exc) from exc

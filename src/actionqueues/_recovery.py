@@ -23,11 +23,13 @@ from ._async import AsyncActionQueue
 from ._durable import RunRecorder, policies_from_json
 from ._engine import EXECUTE, StepOptions, logger
 from ._events import Listener
-from ._journal import ACTIVE_STATUSES, Journal, LeaseLost, RunTimeline
+from ._journal import ACTIVE_STATUSES, Journal, LeaseLost, RunInfo, RunTimeline
 from ._policy import RetryPolicy
 from ._queue import ActionQueue
 from ._registry import load_step
 from ._steps import FunctionStep
+
+_FINAL = frozenset({"succeeded", "rolled_back", "needs_attention"})
 
 __all__ = ["RecoveredRun", "RecoveryReport", "recover", "retry_rollback"]
 
@@ -234,6 +236,20 @@ def _finish(
         return _unrecoverable(journal, timeline, f"recovery failed: {exc!r}")
     finally:
         journal.untrack(run.run_id)
+    return _result(journal, run, outcome, job.recorder)
+
+
+def _result(
+    journal: Journal, run: RunInfo, outcome: Outcome, recorder: RunRecorder | None
+) -> RecoveredRun:
+    """What became of a run this recovery finished (read back only when unsure)."""
+    written = recorder.committed.get("status") if recorder is not None else None
+    if written in _FINAL and recorder is not None and not (recorder.ops or recorder.run):
+        # Every write went through (under this owner's fence): the journal holds that.
+        error = recorder.committed.get("error")
+        if written == "needs_attention":
+            return RecoveredRun(run.run_id, run.name, "needs_attention", written, error)
+        return RecoveredRun(run.run_id, run.name, outcome, written)
     status = journal.timeline(run.run_id).run
     if status.owner != journal.owner:  # taken over meanwhile (its rollback logged LeaseLost)
         return RecoveredRun(
@@ -328,7 +344,7 @@ def _outcome_unknown(action: object) -> bool:
     return isinstance(action, FunctionStep) and action.undo is not None and not action.done
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Job:
     """One claimed run, rebuilt, and how to finish it."""
 
@@ -341,6 +357,7 @@ class _Job:
     rollback_retry: RetryPolicy | None
     sleep: Callable[[float], Any] | None
     listeners: tuple[Listener, ...]
+    recorder: RunRecorder | None = None  # the run's, once started
 
     def start(self, kind: type[_Q], retrying: bool) -> tuple[_Q, bool, float]:
         """A queue of ``kind`` set up to continue the run; (queue, forward?, wait)."""
@@ -359,6 +376,7 @@ class _Job:
             self.resume,
             retrying,
         )
+        self.recorder = queue._recorder
         return queue, forward, wait
 
     def resume_failed(self, error: Exception) -> None:

@@ -32,7 +32,8 @@ _R = TypeVar("_R")
 
 FORMAT = "actionqueues-journal"
 
-#: Numbered migrations; ``{real}`` and ``{serial}`` are the backend's types.
+#: Numbered migrations; ``{real}`` and ``{serial}`` are the backend's types, ``{updated}``
+#: its storage options for tables whose rows are updated in place (runs and steps).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE {t}runs (
@@ -49,7 +50,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             steps INTEGER NOT NULL,
             error TEXT,
             recoveries INTEGER NOT NULL DEFAULT 0
-        )""",
+        ){updated}""",
         "CREATE INDEX {t}runs_by_status ON {t}runs (status, lease_expires_at)",
         "CREATE INDEX {t}runs_by_created ON {t}runs (created_at)",
         """CREATE TABLE {t}steps (
@@ -69,7 +70,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             error TEXT,
             rollback_error TEXT,
             PRIMARY KEY (run_id, idx)
-        )""",
+        ){updated}""",
         """CREATE TABLE {t}events (
             id {serial},
             run_id TEXT NOT NULL,
@@ -117,7 +118,7 @@ STEP_COLUMNS = (
     "policies",
 )
 UPDATABLE_STEP = frozenset(STEP_COLUMNS[2:-1])
-_UPDATABLE_RUN = frozenset({"status", "error", "finished_at"})
+UPDATABLE_RUN = frozenset({"status", "error", "finished_at"})
 #: Stored run columns (``started`` is counted from the steps when read).
 RUN_STORED = tuple(c for c in RUN_COLUMNS if c != "started")
 _RUN_SELECT = ", ".join(
@@ -149,6 +150,8 @@ class SQLJournal(Journal):
     #: The SQL type of timestamps, and of the events' id column.
     real_type = "REAL"
     serial_type = "INTEGER PRIMARY KEY"
+    #: Appended to the CREATE TABLE of runs and steps, whose rows are updated often.
+    updated_table_options = ""
     #: Appended to the claim's SELECT (PostgreSQL: FOR UPDATE SKIP LOCKED).
     claim_lock = ""
     #: Appended to a commit's owner check, so that a claim cannot commit in between
@@ -182,7 +185,7 @@ class SQLJournal(Journal):
 
     def _update_sql(self, table: str, keys: tuple[str, ...]) -> str:
         """The UPDATE of ``keys`` (in that order) of a run or a step; checked, then cached."""
-        allowed = _UPDATABLE_RUN if table == "run" else UPDATABLE_STEP
+        allowed = UPDATABLE_RUN if table == "run" else UPDATABLE_STEP
         for key in keys:
             if key not in allowed:
                 raise ValueError(f"not a {table} column that can be written: {key!r}")
@@ -292,7 +295,10 @@ class SQLJournal(Journal):
                     yield (
                         version,
                         statement.format(
-                            t=self.prefix, real=self.real_type, serial=self.serial_type
+                            t=self.prefix,
+                            real=self.real_type,
+                            serial=self.serial_type,
+                            updated=self.updated_table_options,
                         ),
                     )
 
@@ -311,14 +317,7 @@ class SQLJournal(Journal):
     ) -> None:
         """Insert a run (owned by this journal's owner) and its steps, then apply ``ops``."""
         now = self.clock()
-        row: dict[str, Any] = {"finished_at": None, "error": None, **run}
-        row.update(
-            owner=self.owner,
-            lease_expires_at=0.0 if row["status"] in TERMINAL else now + self.lease,
-            created_at=now,
-            updated_at=now,
-            recoveries=0,
-        )
+        row = self._run_row(run, now)
         run_id = row["run_id"]
 
         def body(cur: Any) -> None:
@@ -343,6 +342,18 @@ class SQLJournal(Journal):
 
         self._run_write(body)
         fault("after_commit")
+
+    def _run_row(self, run: dict[str, Any], now: float) -> dict[str, Any]:
+        """The stored columns of a new run owned by this owner, from ``create()``'s ``run``."""
+        row: dict[str, Any] = {"finished_at": None, "error": None, **run}
+        row.update(
+            owner=self.owner,
+            lease_expires_at=0.0 if row["status"] in TERMINAL else now + self.lease,
+            created_at=now,
+            updated_at=now,
+            recoveries=0,
+        )
+        return row
 
     def commit(
         self, run_id: str, run: dict[str, Any], ops: Sequence[Op], *, renew: bool = True
