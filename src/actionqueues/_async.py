@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from ._action import ActionLike
 from ._engine import (
     _NO_OPTIONS,
+    ROLLBACK_COMPLETE,
     QueueCore,
     Retrier,
     _note_rollback,
@@ -63,9 +64,11 @@ class AsyncActionQueue(QueueCore):
 
     It takes the same arguments as :class:`ActionQueue`; ``sleep`` may be a
     plain or an async function.
-    With a SQLite ``journal``, each journal commit is made from the event
-    loop's thread and blocks it for the commit's duration (about one disk
-    flush per step).
+    With a PostgreSQL ``journal``, its commits are sent over async
+    connections (psycopg's ``AsyncConnectionPool``, one per event loop) and
+    awaited, so other tasks run meanwhile. With a SQLite ``journal``, each
+    commit is made from the event loop's thread and blocks it for the
+    commit's duration (about one disk flush per step).
 
     Example:
         >>> import asyncio
@@ -122,6 +125,7 @@ class AsyncActionQueue(QueueCore):
         actions = self._begin_execute()
         listeners = self._listeners_now()
         began = self._run_started(listeners, len(actions))
+        recorder = self._recorder
         try:
             for index in range(self._first, len(actions)):
                 action = actions[index]
@@ -129,6 +133,12 @@ class AsyncActionQueue(QueueCore):
                 if type(action) is ParallelGroup:
                     await self._execute_group(index, action, listeners)
                     continue
+                if recorder is not None:
+                    try:
+                        await recorder.astep_started(index, action)
+                    except BaseException:
+                        self._started = index  # not recorded, so not called
+                        raise
                 start = self._step_started(listeners, index, action)
                 try:
                     attempts = await self._call(index, action, "execute", listeners, start)
@@ -137,9 +147,21 @@ class AsyncActionQueue(QueueCore):
                     raise
                 self._step_succeeded(listeners, index, action, attempts, start)
         except BaseException as error:
-            self._run_finished(listeners, began, error)
+            await self._arun_finished(listeners, began, error)
             raise
-        self._run_finished(listeners, began, None)
+        await self._arun_finished(listeners, began, None)
+
+    async def _arun_finished(
+        self, listeners: tuple[Listener, ...], began: float, error: BaseException | None
+    ) -> None:
+        recorder = self._recorder
+        if recorder is not None:  # the journal's write is awaited here, not in the core
+            try:
+                await recorder.arun_finished(error)
+            except BaseException:
+                self._failed = True  # the success could not be recorded: a failed run
+                raise
+        self._run_finished(listeners, began, error)
 
     async def _call(
         self,
@@ -152,6 +174,7 @@ class AsyncActionQueue(QueueCore):
         """Call (and await) ``action.<method>()`` until it succeeds or the engine gives up."""
         call = action.execute if method == "execute" else action.rollback
         timeout = None if self._options is _NO_OPTIONS else self.timeout_for(index)
+        recorder = self._recorder
         retrier = None
         error: BaseException | None = None
         while True:
@@ -160,6 +183,10 @@ class AsyncActionQueue(QueueCore):
                     retrier = Retrier(self, index, action, method, listeners, start)
                 try:
                     delay = retrier.after(error)
+                    if recorder is not None:
+                        await recorder.aretry_scheduled(
+                            index, method, retrier.attempt - 1, delay, error
+                        )
                 except BaseException:  # given up: the error's traceback holds this frame,
                     error = retrier = None  # so let go of it (no cycle)
                     forget_frames(sys.exc_info()[1])
@@ -169,6 +196,8 @@ class AsyncActionQueue(QueueCore):
                     if pause is not None and inspect.isawaitable(pause):
                         await pause
                 retrier.starting()
+                if recorder is not None:
+                    await recorder.aretry_starting(index, method, retrier.attempt)
             try:
                 result = call()
                 if result is not None and inspect.isawaitable(result):
@@ -280,7 +309,12 @@ class AsyncActionQueue(QueueCore):
                 self._record_rollbacks(listeners, index, outcomes, rolled_back, failures)
         except BaseException:
             self._rollback_interrupted(index, rolled_back, failures)
+            if self._recorder is not None:
+                await self._recorder.arollback_interrupted()
             raise
+        if self._recorder is not None:
+            self._state = ROLLBACK_COMPLETE
+            await self._recorder.arollback_done()
         return self._rollback_done(listeners, rolled_back, failures)
 
     async def _bounded_rollback(
@@ -296,6 +330,8 @@ class AsyncActionQueue(QueueCore):
     async def _rollback_step(
         self, index: int, action: ActionLike, listeners: tuple[Listener, ...]
     ) -> BaseException | None:
+        if self._recorder is not None:
+            await self._recorder.arollback_started(index, action)
         self._rollback_started(listeners, index, action)
         try:
             attempts = await self._call(index, action, "rollback", listeners, self._clock())

@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +149,22 @@ def policies_from_json(text: str | None) -> tuple[RetryPolicy | None, RetryPolic
         raise ValueError(f"the step's journaled retry policies are invalid: {exc!r}") from exc
 
 
+#: A recorder hook's steps: it yields None where it needs what is pending committed
+#: (a failure is thrown back into it), or a description where it needs that committed
+#: without stopping a rollback (see ``RunRecorder._guarded``). ``RunRecorder._drive``
+#: runs it for ActionQueue, ``_adrive`` (awaiting the writes) for AsyncActionQueue.
+_Hook = Generator[str | None, None, None]
+_DONE: Any = object()
+
+
+def _throw(hook: _Hook, exc: BaseException) -> Any:
+    """Throw ``exc`` into ``hook``: its next request, or _DONE (or it raises)."""
+    try:
+        return hook.throw(exc)
+    except StopIteration:
+        return _DONE
+
+
 def _error_text(error: BaseException) -> str:
     text = f"{type(error).__module__}.{type(error).__qualname__}: {error}"
     return text.removeprefix("builtins.")[:4000]
@@ -199,48 +215,111 @@ class RunRecorder:
 
     def _flush(self) -> None:
         """Commit what is pending; if that fails, nothing was written and it stays pending."""
-        ops, self.ops = self.ops, []
-        run, self.run = self.run, {}
+        ops, run = self._take()
         try:
             self._write(ops, run)
-            self.committed.update(run)
-        except LeaseLost:
+        except BaseException as exc:
+            self._not_written(exc, ops, run)
+            raise
+        self.committed.update(run)
+
+    async def _aflush(self) -> None:
+        """:meth:`_flush`, through the journal's async methods."""
+        ops, run = self._take()
+        try:
+            await self._awrite(ops, run)
+        except BaseException as exc:
+            self._not_written(exc, ops, run)
+            raise
+        self.committed.update(run)
+
+    def _take(self) -> tuple[list[Op], dict[str, Any]]:
+        ops, self.ops = self.ops, []
+        run, self.run = self.run, {}
+        return ops, run
+
+    def _not_written(self, exc: BaseException, ops: list[Op], run: dict[str, Any]) -> None:
+        if isinstance(exc, LeaseLost):
             self.lost = True
-            raise
-        except BaseException:
-            self.ops = ops + self.ops
-            run.update(self.run)
-            self.run = run
-            raise
+            return
+        self.ops = ops + self.ops
+        run.update(self.run)
+        self.run = run
 
     def _write(self, ops: list[Op], run: dict[str, Any]) -> None:
-        rows = self.create_rows
-        if rows is not None:
-            self.journal.create(
-                {
-                    "run_id": self.run_id,
-                    "name": self.name,
-                    "kind": self.kind,
-                    "status": run.get("status", "running"),
-                    "resumable": int(self.resumable),
-                    "steps": len(rows),
-                    "finished_at": run.get("finished_at"),
-                    "error": run.get("error"),
-                },
-                rows,
-                ops,
-            )
-            self.create_rows = None
-            self.created = True
-            self.renewed = self.journal.clock()
+        if self.create_rows is not None:
+            self.journal.create(self._run_row(run), self.create_rows, ops)
+            self._created()
             return
-        # A step's commit renews the lease only when a third of it has passed (the
-        # heartbeat renews it too): most commits then write the step rows alone.
-        now = self.journal.clock()
-        renew = bool(run) or now - self.renewed >= self.journal.lease / 3
+        renew, now = self._renewal(run)
         self.journal.commit(self.run_id, run, ops, renew=renew)
         if renew:
             self.renewed = now
+
+    async def _awrite(self, ops: list[Op], run: dict[str, Any]) -> None:
+        if self.create_rows is not None:
+            await self.journal.acreate(self._run_row(run), self.create_rows, ops)
+            self._created()
+            return
+        renew, now = self._renewal(run)
+        await self.journal.acommit(self.run_id, run, ops, renew=renew)
+        if renew:
+            self.renewed = now
+
+    def _run_row(self, run: dict[str, Any]) -> dict[str, Any]:
+        """The new run's columns, for the journal's ``create()``."""
+        return {
+            "run_id": self.run_id,
+            "name": self.name,
+            "kind": self.kind,
+            "status": run.get("status", "running"),
+            "resumable": int(self.resumable),
+            "steps": len(self.create_rows or ()),
+            "finished_at": run.get("finished_at"),
+            "error": run.get("error"),
+        }
+
+    def _created(self) -> None:
+        self.create_rows = None
+        self.created = True
+        self.renewed = self.journal.clock()
+
+    def _renewal(self, run: dict[str, Any]) -> tuple[bool, float]:
+        """(renew the lease in this commit?, now).
+
+        A step's commit renews it only when a third of it has passed (the
+        heartbeat renews it too): most commits then write the step rows alone.
+        """
+        now = self.journal.clock()
+        return bool(run) or now - self.renewed >= self.journal.lease / 3, now
+
+    def _drive(self, hook: _Hook) -> None:
+        """Run a hook's steps, making each write it asks for (see :data:`_Hook`)."""
+        request = next(hook, _DONE)
+        while request is not _DONE:
+            try:
+                if request is None:
+                    self._flush()
+                else:
+                    self._guarded(str(request))
+            except BaseException as exc:
+                request = _throw(hook, exc)
+            else:
+                request = next(hook, _DONE)
+
+    async def _adrive(self, hook: _Hook) -> None:
+        """:meth:`_drive`, with each write awaited."""
+        request = next(hook, _DONE)
+        while request is not _DONE:
+            try:
+                if request is None:
+                    await self._aflush()
+                else:
+                    await self._aguarded(str(request))
+            except BaseException as exc:
+                request = _throw(hook, exc)
+            else:
+                request = next(hook, _DONE)
 
     def _set_current(self, index: int, method: str) -> None:
         token = _CURRENT.set(StepContext(self.run_id, index, method, step_key(self.run_id, index)))
@@ -293,6 +372,13 @@ class RunRecorder:
 
     def step_started(self, index: int, action: object) -> None:
         """Durably record that step ``index``'s ``execute`` is about to be called."""
+        self._drive(self._step_started(index))
+
+    async def astep_started(self, index: int, action: object) -> None:
+        """:meth:`step_started`, with the journal write awaited."""
+        await self._adrive(self._step_started(index))
+
+    def _step_started(self, index: int) -> _Hook:
         fault("before_step_record")
         now = self.journal.clock()
         base = self._base(index, "execute")
@@ -306,7 +392,7 @@ class RunRecorder:
         op = ("step", index, columns)
         self.ops.append(op)
         try:
-            self._flush()
+            yield None
         except BaseException:
             # Not recorded, so execute() will not be called: only the earlier results stay.
             self.ops = [o for o in self.ops if o is not op]
@@ -359,6 +445,17 @@ class RunRecorder:
         self, index: int, method: str, attempt: int, delay: float, error: BaseException
     ) -> None:
         """Durably record a failed call and when the next one is due."""
+        self._drive(self._retry_scheduled(index, method, attempt, delay, error))
+
+    async def aretry_scheduled(
+        self, index: int, method: str, attempt: int, delay: float, error: BaseException
+    ) -> None:
+        """:meth:`retry_scheduled`, with the journal write awaited."""
+        await self._adrive(self._retry_scheduled(index, method, attempt, delay, error))
+
+    def _retry_scheduled(
+        self, index: int, method: str, attempt: int, delay: float, error: BaseException
+    ) -> _Hook:
         if method == "rollback" and self.fresh_rollbacks:  # attempt counts from this retry
             attempt += self._base(index, method)
         self.ops.append(("step", index, {"next_retry_at": self.journal.clock() + delay}))
@@ -366,35 +463,46 @@ class RunRecorder:
         self.ops.append(
             ("event", index, kind, f"attempt {attempt}: {_error_text(error)}; next in {delay:.3f}s")
         )
-        if method == "execute":
-            self._flush()
-        else:
-            self._guarded("a rollback retry")
+        yield None if method == "execute" else "a rollback retry"
 
     def retry_starting(self, index: int, method: str, attempt: int) -> None:
         """Durably record that call number ``attempt`` is about to be made."""
+        self._drive(self._retry_starting(index, method, attempt))
+
+    async def aretry_starting(self, index: int, method: str, attempt: int) -> None:
+        """:meth:`retry_starting`, with the journal write awaited."""
+        await self._adrive(self._retry_starting(index, method, attempt))
+
+    def _retry_starting(self, index: int, method: str, attempt: int) -> _Hook:
         if method == "execute":
             self.ops.append(("step", index, {"attempts": attempt, "next_retry_at": None}))
-            self._flush()
+            yield None
             return
         if self.fresh_rollbacks:
             attempt += self._base(index, method)
         self.ops.append(("step", index, {"rollback_attempts": attempt, "next_retry_at": None}))
-        self._guarded("a rollback retry")
+        yield "a rollback retry"
 
     def run_finished(self, error: BaseException | None) -> None:
         """Commit the run's outcome (raises if a success cannot be recorded)."""
+        self._drive(self._run_finished(error))
+
+    async def arun_finished(self, error: BaseException | None) -> None:
+        """:meth:`run_finished`, with the journal write awaited."""
+        await self._adrive(self._run_finished(error))
+
+    def _run_finished(self, error: BaseException | None) -> _Hook:
         fault("before_finish_record")
         self._clear_current()
         if error is None:
             self.run.update(status="succeeded", finished_at=self.journal.clock())
-            self._flush()
+            yield None
             self.journal.untrack(self.run_id)
             return
         self.run.update(status="failed", error=_error_text(error))
         self.ops.append(("event", None, "failed", _error_text(error)))
         try:
-            self._flush()
+            yield None
         except JournalError as exc:
             _log_write_failure(self, exc, "its failure")
 
@@ -402,6 +510,13 @@ class RunRecorder:
 
     def rollback_started(self, index: int, action: object) -> None:
         """Durably record that step ``index``'s ``rollback`` is about to be called."""
+        self._drive(self._rollback_started(index))
+
+    async def arollback_started(self, index: int, action: object) -> None:
+        """:meth:`rollback_started`, with the journal write awaited."""
+        await self._adrive(self._rollback_started(index))
+
+    def _rollback_started(self, index: int) -> _Hook:
         if not self.rolling_back:
             self.rolling_back = True
             self.run.update(status="rolling_back")
@@ -416,7 +531,7 @@ class RunRecorder:
         if base == 0:
             columns["rollback_started_at"] = self.journal.clock()
         self.ops.append(("step", index, columns))
-        self._guarded(f"the start of step {index}'s rollback")
+        yield f"the start of step {index}'s rollback"
         fault("after_rollback_record")
         self._set_current(index, "rollback")
 
@@ -453,6 +568,13 @@ class RunRecorder:
 
     def rollback_done(self) -> None:
         """Commit the rollback's outcome: rolled back, or needs attention."""
+        self._drive(self._rollback_done())
+
+    async def arollback_done(self) -> None:
+        """:meth:`rollback_done`, with the journal write awaited."""
+        await self._adrive(self._rollback_done())
+
+    def _rollback_done(self) -> _Hook:
         self._clear_current()
         if self.failed_rollbacks:
             failed = ", ".join(str(i) for i in sorted(self.failed_rollbacks, reverse=True))
@@ -465,15 +587,22 @@ class RunRecorder:
             self.run.update(status="rolled_back", finished_at=self.journal.clock())
             if self.fresh_rollbacks:  # a retried needs_attention run: its failures are undone
                 self.run["error"] = None
-        self._guarded("the rollback's outcome")
+        yield "the rollback's outcome"
         self.journal.untrack(self.run_id)
 
     def rollback_interrupted(self) -> None:
         """A BaseException stopped the rollback: commit what is known, if possible."""
+        self._drive(self._rollback_interrupted())
+
+    async def arollback_interrupted(self) -> None:
+        """:meth:`rollback_interrupted`, with the journal write awaited."""
+        await self._adrive(self._rollback_interrupted())
+
+    def _rollback_interrupted(self) -> _Hook:
         self._clear_current()
         if not self.lost:
             with contextlib.suppress(LeaseLost):
-                self._guarded("the interrupted rollback")
+                yield "the interrupted rollback"
 
     def _guarded(self, what: str) -> None:
         """Write while rolling back: a journal failure must not stop the compensation.
@@ -481,17 +610,32 @@ class RunRecorder:
         What could not be written stays pending for the next write. Only a lost
         lease stops the rollback: another process is finishing the run.
         """
-        if self.lost:
-            raise LeaseLost(self.run_id, self.journal.owner, self.journal.url)
+        self._check_held()
         try:
             self._flush()
-        except LeaseLost as exc:
-            _log_write_failure(self, exc, what)
-            raise
         except JournalError as exc:
-            if not self.write_failed:
-                self.write_failed = True
-                _log_write_failure(self, exc, what)
+            self._guard(exc, what)
+
+    async def _aguarded(self, what: str) -> None:
+        """:meth:`_guarded`, with the write awaited."""
+        self._check_held()
+        try:
+            await self._aflush()
+        except JournalError as exc:
+            self._guard(exc, what)
+
+    def _check_held(self) -> None:
+        if self.lost:
+            raise LeaseLost(self.run_id, self.journal.owner, self.journal.url)
+
+    def _guard(self, exc: JournalError, what: str) -> None:
+        """A guarded write failed: log it (once), and stop only for a lost lease."""
+        if isinstance(exc, LeaseLost):
+            _log_write_failure(self, exc, what)
+            raise exc
+        if not self.write_failed:
+            self.write_failed = True
+            _log_write_failure(self, exc, what)
 
 
 def _log_write_failure(recorder: RunRecorder, exc: JournalError, what: str) -> None:

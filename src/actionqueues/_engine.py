@@ -256,7 +256,7 @@ class Retrier:
         )
         if self.listeners:
             emit(self.listeners, "on_retry_scheduled", event)
-        if core._recorder is not None:
+        if core._recorder is not None and not core._runs_async:  # async: the driver records
             core._recorder.retry_scheduled(self.index, self.method, attempt, delay, error)
         self.attempt = attempt + 1
         return delay
@@ -264,7 +264,7 @@ class Retrier:
     def starting(self) -> None:
         """The retry is due: a journaled run records the call's start before it is made."""
         recorder = self.core._recorder
-        if recorder is not None:
+        if recorder is not None and not self.core._runs_async:  # async: the driver records
             recorder.retry_starting(self.index, self.method, self.attempt)
 
     def _give_up(self, error: BaseException, cause: BaseException | None = None) -> NoReturn:
@@ -708,7 +708,7 @@ class QueueCore:
         self, listeners: tuple[Listener, ...], began: float, error: BaseException | None
     ) -> None:
         recorder = self._recorder
-        if recorder is not None:
+        if recorder is not None and not self._runs_async:  # async: the driver records
             try:
                 recorder.run_finished(error)
             except BaseException:
@@ -722,7 +722,7 @@ class QueueCore:
             emit(listeners, "on_queue_finished", QueueFinished(self, error, self._clock() - began))
 
     def _step_started(self, listeners: tuple[Listener, ...], index: int, action: object) -> float:
-        if self._recorder is not None:
+        if self._recorder is not None and not self._runs_async:  # async: the driver records
             try:
                 self._recorder.step_started(index, action)
             except BaseException:
@@ -758,7 +758,7 @@ class QueueCore:
     def _rollback_started(
         self, listeners: tuple[Listener, ...], index: int, action: object
     ) -> None:
-        if self._recorder is not None:
+        if self._recorder is not None and not self._runs_async:  # async: the driver records
             self._recorder.rollback_started(index, action)
         if listeners:
             emit(listeners, "on_rollback_started", RollbackStarted(self, index, action))
@@ -797,7 +797,7 @@ class QueueCore:
         failures: Sequence[RollbackFailure],
     ) -> RollbackReport:
         self._state = ROLLBACK_COMPLETE
-        if self._recorder is not None:
+        if self._recorder is not None and not self._runs_async:  # async: the driver records
             self._recorder.rollback_done()
         done, failed = self._carried
         report = new_report(done + tuple(rolled_back), failed + tuple(failures))
@@ -819,7 +819,7 @@ class QueueCore:
         """
         done, failed = self._carried
         self._carried = (done + tuple(rolled_back), failed + tuple(failures))
-        if self._recorder is not None:
+        if self._recorder is not None and not self._runs_async:  # async: the driver records
             self._recorder.rollback_interrupted()
         self._started = index + 1
         self._state = EXECUTE

@@ -314,6 +314,30 @@ class Journal(abc.ABC):
             JournalError: the write failed; nothing of it was applied.
         """
 
+    async def acreate(
+        self, run: dict[str, Any], steps: Sequence[dict[str, Any]], ops: Sequence[Op]
+    ) -> None:
+        """:meth:`create`, awaited: what :class:`~actionqueues.AsyncActionQueue` calls.
+
+        The PostgreSQL journal sends it over an async connection, so the event
+        loop runs other tasks meanwhile; by default (SQLite) it is :meth:`create`
+        itself, made from the loop's thread.
+        """
+        self.create(run, steps, ops)
+
+    async def acommit(
+        self, run_id: str, run: dict[str, Any], ops: Sequence[Op], *, renew: bool = True
+    ) -> None:
+        """:meth:`commit`, awaited (see :meth:`acreate`)."""
+        self.commit(run_id, run, ops, renew=renew)
+
+    async def aclose(self) -> None:
+        """:meth:`close` from async code: also closes the connections of the running loop."""
+        self.close()
+
+    async def _aclose_loop(self) -> None:  # noqa: B027 - a hook, a no-op by default
+        """Close the connections opened for the running event loop, which is about to end."""
+
     # -- recovery -----------------------------------------------------------------
 
     @abc.abstractmethod

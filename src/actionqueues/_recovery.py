@@ -408,6 +408,13 @@ def _finish_sync(job: _Job, retrying: bool) -> Literal["rolled_back", "resumed"]
 
 
 async def _finish_async(job: _Job, retrying: bool) -> Literal["rolled_back", "resumed"]:
+    try:
+        return await _finish_in_loop(job, retrying)
+    finally:  # this loop (one per run) ends here: so do the connections opened for it
+        await job.journal._aclose_loop()
+
+
+async def _finish_in_loop(job: _Job, retrying: bool) -> Literal["rolled_back", "resumed"]:
     queue, forward, wait = job.start(AsyncActionQueue, retrying)
     if wait:
         pause = queue._sleep(wait)
