@@ -11,11 +11,14 @@ once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import re
+import threading
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -160,15 +163,26 @@ class PostgresJournal(SQLJournal):
         )
         self.url = shown + ("&" if "?" in shown else "?") + query
         self.where = f"schema {schema} of {shown}"
+        self._pool_module = pool_module
+        self._libpq_url = url
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self._connection_options = {
+            "autocommit": True,
+            "options": f"-c search_path={schema}",
+            "application_name": f"actionqueues {self.owner}"[:63],
+        }
+        # AsyncActionQueue's connections: an AsyncConnectionPool per event loop (an
+        # async pool belongs to the loop that opened it), made on first use.
+        self._apools: dict[asyncio.AbstractEventLoop, psycopg_pool.AsyncConnectionPool[Any]] = {}
+        self._apool_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._apools_guard = threading.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
         self._pool: psycopg_pool.ConnectionPool[Any] = pool_module.ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={
-                "autocommit": True,
-                "options": f"-c search_path={schema}",
-                "application_name": f"actionqueues {self.owner}"[:63],
-            },
+            kwargs=self._connection_options,
             open=False,
             name="actionqueues-journal",
         )
@@ -176,11 +190,7 @@ class PostgresJournal(SQLJournal):
             self._pool.open(wait=True, timeout=connect_timeout)
         except pool_module.PoolTimeout as exc:
             self._pool.close()
-            raise JournalError(
-                f"cannot connect to the PostgreSQL journal {shown} within {connect_timeout} s: "
-                f"is the server running and reachable, and the database there?",
-                self.url,
-            ) from exc
+            raise self._unreachable() from exc
         try:
             if self.read_only:
                 found = self._run_read(self._inspect)
@@ -206,10 +216,40 @@ class PostgresJournal(SQLJournal):
 
         One statement, so one round trip: the step ops are folded into the
         inserted rows, and the steps are sent as one JSON parameter whatever
-        their number.
-        If the connection is lost, it is sent again on a new one; the run's id
-        then tells whether the first one landed.
+        their number. If the connection is lost, it is sent again on a new
+        one; the run's id then tells whether the first one landed.
         """
+        sql, params, run_id = self._create_statement(run, steps, ops)
+        self._writable()
+        fault("before_commit")
+
+        def send(resent: bool) -> tuple[Any, bool]:
+            with self._pool.connection() as conn:
+                return conn.execute(sql, params).fetchone(), resent
+
+        self._check_created(*self._twice(send, "cannot write to the journal"), run_id)
+        fault("after_commit")
+
+    async def acreate(
+        self, run: dict[str, Any], steps: Sequence[dict[str, Any]], ops: Sequence[Op]
+    ) -> None:
+        """:meth:`create` over this event loop's async connections."""
+        sql, params, run_id = self._create_statement(run, steps, ops)
+        self._writable()
+        fault("before_commit")
+
+        async def send(resent: bool) -> tuple[Any, bool]:
+            async with (await self._apool()).connection() as conn:
+                return await (await conn.execute(sql, params)).fetchone(), resent
+
+        found, resent = await self._atwice(send, "cannot write to the journal")
+        self._check_created(found, resent, run_id)
+        fault("after_commit")
+
+    def _create_statement(
+        self, run: dict[str, Any], steps: Sequence[dict[str, Any]], ops: Sequence[Op]
+    ) -> tuple[str, list[Any], str]:
+        """create()'s statement and parameters, and the run's id."""
         now = self.clock()
         row = self._run_row(run, now)
         run_id = row["run_id"]
@@ -234,26 +274,18 @@ class PostgresJournal(SQLJournal):
                 events.append(op[1:])
         params: list[Any] = [row[c] for c in RUN_STORED]
         params.append(json.dumps(list(rows.values()), separators=(",", ":")))
-        sql = self._statements.get(("create", len(events))) or self._create_sql(len(events))
         params += self._event_params(run_id, now, events)
-        self._writable()
-        fault("before_commit")
-        sent = 0
+        sql = self._statements.get(("create", len(events))) or self._create_sql(len(events))
+        return sql, params, run_id
 
-        def send() -> Any:
-            nonlocal sent
-            sent += 1
-            with self._pool.connection() as conn:
-                return conn.execute(sql, params).fetchone()
+    def _check_created(self, found: Any, resent: bool, run_id: str) -> None:
+        """Refuse a run the statement did not insert: its id was taken.
 
-        inserted = self._twice(send, "cannot write to the journal")
-        # Not inserted: already there. After a resend, that is our first send (it landed
-        # before the connection was lost) if the run is this journal's; else another run.
-        if (inserted is None or not inserted[0]) and (
-            sent == 1 or self._owner_of(run_id) != self.owner
-        ):
+        After a resend, the run found is our first send's (it landed before the
+        connection was lost) if this journal owns it.
+        """
+        if (found is None or not found[0]) and (not resent or self._owner_of(run_id) != self.owner):
             raise JournalError(f"a run {run_id} is already in the journal {self.url}", self.url)
-        fault("after_commit")
 
     def _create_sql(self, events: int) -> str:
         t = self.prefix
@@ -313,6 +345,38 @@ class PostgresJournal(SQLJournal):
         steps' columns are simply written again, and the events the first send
         may have written are not written twice.
         """
+        shape, params = self._commit_statement(run_id, run, ops, renew)
+        self._writable()
+        fault("before_commit")
+
+        def send(resent: bool) -> Any:
+            sql = self._statements.get((*shape, resent)) or self._commit_sql((*shape, resent))
+            with self._pool.connection() as conn:
+                return conn.execute(sql, params).fetchone()
+
+        self._check_committed(self._twice(send, "cannot write to the journal"), run_id)
+        fault("after_commit")
+
+    async def acommit(
+        self, run_id: str, run: dict[str, Any], ops: Sequence[Op], *, renew: bool = True
+    ) -> None:
+        """:meth:`commit` over this event loop's async connections."""
+        shape, params = self._commit_statement(run_id, run, ops, renew)
+        self._writable()
+        fault("before_commit")
+
+        async def send(resent: bool) -> Any:
+            sql = self._statements.get((*shape, resent)) or self._commit_sql((*shape, resent))
+            async with (await self._apool()).connection() as conn:
+                return await (await conn.execute(sql, params)).fetchone()
+
+        self._check_committed(await self._atwice(send, "cannot write to the journal"), run_id)
+        fault("after_commit")
+
+    def _commit_statement(
+        self, run_id: str, run: dict[str, Any], ops: Sequence[Op], renew: bool
+    ) -> tuple[tuple[Any, ...], list[Any]]:
+        """commit()'s statement shape (see :meth:`_commit_sql`) and parameters."""
         now = self.clock()
         # One statement cannot update a row twice: merge the ops of each step, in order.
         merged: dict[int, dict[str, Any]] = {}
@@ -339,25 +403,15 @@ class PostgresJournal(SQLJournal):
             params += [*columns.values(), run_id, index, self.owner]
         if events:
             params += [*self._event_params(run_id, now, events), self.owner]
-        self._writable()
-        fault("before_commit")
-        sent = 0
+        return shape, params
 
-        def send() -> Any:
-            nonlocal sent
-            sent += 1
-            key = (*shape, sent > 1)
-            sql = self._statements.get(key) or self._commit_sql(key)
-            with self._pool.connection() as conn:
-                return conn.execute(sql, params).fetchone()
-
-        row = self._twice(send, "cannot write to the journal")
+    def _check_committed(self, row: Any, run_id: str) -> None:
+        """The statement returns the run's owner: anyone else's, or none, wrote nothing."""
         owner = None if row is None else row[0]
         if owner != self.owner:
             if self._owner_of(run_id) is _MISSING:
                 raise JournalError(f"no run {run_id} in the journal {self.url}", self.url)
             raise LeaseLost(run_id, self.owner, self.url)
-        fault("after_commit")
 
     @functools.cached_property
     def _statements(self) -> dict[Any, str]:
@@ -462,28 +516,123 @@ class PostgresJournal(SQLJournal):
     def _write(self) -> Iterator[Any]:  # pragma: no cover - writes go through _run_write
         raise NotImplementedError
 
-    def _twice(self, attempt: Callable[[], _R], what: str) -> _R:
-        """``attempt()``, made again on a new connection if the connection was lost.
+    def _twice(self, attempt: Callable[[bool], _R], what: str) -> _R:
+        """``attempt(False)``, made again as ``attempt(True)`` if the connection was lost.
 
-        Only for what is safe to repeat: a read, or an idempotent write.
+        The second attempt gets a new connection. Only for what is safe to repeat:
+        a read, or an idempotent write.
         """
         psycopg = self._psycopg
         try:
-            return attempt()
+            return attempt(False)
         except psycopg.OperationalError:
             self._pool.check()  # drop the pool's other dead connections
         except psycopg.Error as exc:
             raise self._fail(what, exc) from exc
         try:
-            return attempt()
+            return attempt(True)
         except psycopg.Error as exc:
             raise self._fail(what, exc) from exc
+
+    async def _atwice(self, attempt: Callable[[bool], Awaitable[_R]], what: str) -> _R:
+        """:meth:`_twice`, awaited, on this event loop's async connections."""
+        psycopg = self._psycopg
+        try:
+            return await attempt(False)
+        except psycopg.OperationalError:
+            await (await self._apool()).check()  # drop the pool's other dead connections
+        except psycopg.Error as exc:
+            raise self._fail(what, exc) from exc
+        try:
+            return await attempt(True)
+        except psycopg.Error as exc:
+            raise self._fail(what, exc) from exc
+
+    async def _apool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+        """The running event loop's async pool, opened on first use."""
+        loop = asyncio.get_running_loop()
+        pool: psycopg_pool.AsyncConnectionPool[Any] | None = self._apools.get(loop)
+        if pool is not None:
+            return pool
+        with self._apools_guard:
+            lock = self._apool_locks.setdefault(loop, asyncio.Lock())
+        async with lock:
+            pool = self._apools.get(loop)
+            if pool is not None:
+                return pool
+            self._check_usable()
+            pool = self._pool_module.AsyncConnectionPool(
+                self._libpq_url,
+                min_size=1,
+                max_size=self.pool_size,
+                kwargs=self._connection_options,
+                open=False,
+                name="actionqueues-journal-async",
+            )
+            try:
+                await pool.open(wait=True, timeout=self.connect_timeout)
+            except self._pool_module.PoolTimeout as exc:
+                await pool.close()
+                raise self._unreachable() from exc
+            with self._apools_guard:
+                # Pools of loops that have ended: their tasks are gone, and their
+                # connections close when the pools are dropped.
+                for ended in [other for other in self._apools if other.is_closed()]:
+                    del self._apools[ended]
+                    self._apool_locks.pop(ended, None)
+                self._apools[loop] = pool
+            return pool
+
+    def _unreachable(self) -> JournalError:
+        shown = redact(self._libpq_url)
+        return JournalError(
+            f"cannot connect to the PostgreSQL journal {shown} within {self.connect_timeout} s: "
+            f"is the server running and reachable, and the database there?",
+            self.url,
+        )
+
+    async def _aclose_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._apools_guard:
+            pool = self._apools.pop(loop, None)
+            self._apool_locks.pop(loop, None)
+        if pool is not None:
+            await pool.close()
+
+    async def aclose(self) -> None:
+        """Close the journal from async code, this event loop's connections included."""
+        await self._aclose_loop()
+        self.close()
+
+    def _close_async_pools(self) -> None:
+        """Close the async pools left open (best effort: each belongs to its loop)."""
+        with self._apools_guard:
+            pools = list(self._apools.items())
+            self._apools.clear()
+            self._apool_locks.clear()
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, pool in pools:
+            if loop.is_closed():
+                continue  # its tasks are gone; its connections close when it is dropped
+            if loop is current:  # close() called from the loop's own code: soon after
+                task = loop.create_task(pool.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            elif loop.is_running():  # another thread's loop: wait for it, within reason
+                closing = asyncio.run_coroutine_threadsafe(pool.close(), loop)
+                with contextlib.suppress(Exception):
+                    closing.result(timeout=self.connect_timeout)
+            else:
+                loop.run_until_complete(pool.close())
 
     def _run_read(self, body: Callable[[Any], _R]) -> _R:
         """Read; made again on a new connection if the connection was lost."""
         self._check_usable()
 
-        def read() -> _R:
+        def read(resent: bool) -> _R:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 return body(cur)
 
@@ -494,9 +643,14 @@ class PostgresJournal(SQLJournal):
         raise NotImplementedError
 
     def close(self) -> None:
-        """Stop the heartbeat and close the pool; closing twice is harmless."""
+        """Stop the heartbeat and close the pools; closing twice is harmless.
+
+        From async code, prefer ``await journal.aclose()``, which closes the
+        running loop's connections before returning.
+        """
         super().close()
         self._pool.close()
+        self._close_async_pools()
 
 
 def open_postgres(url: str, **options: Any) -> PostgresJournal:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
-from actionqueues import ActionQueue, Journal, JournalError, LeaseLost, RetryPolicy, recover
+from actionqueues import (
+    ActionQueue,
+    AsyncActionQueue,
+    Journal,
+    JournalError,
+    LeaseLost,
+    RetryPolicy,
+    recover,
+)
 from actionqueues.testing import FakeClock, RecordingSleep, inject_faults
 
 from .conftest import LEASE
-from .helpers import WORLD, Put, event_kinds, statuses
+from .helpers import WORLD, AsyncPut, Put, event_kinds, statuses
 
 
 class FailCommits:
@@ -74,6 +83,32 @@ def test_a_transient_write_failure_during_a_rollback_is_logged_once_and_nothing_
     assert journal.heartbeat() == 0
 
 
+def test_an_async_rollback_goes_on_through_a_failed_write_and_loses_nothing(
+    journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    """AsyncActionQueue: a rollback write that fails is logged once and carried forward."""
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal, name="abc")
+        for key in "abc":
+            q.add(AsyncPut(key))
+        WORLD.script("execute", "c", ValueError("no"))
+        with pytest.raises(ValueError, match="no"):
+            await q.execute()
+        with caplog.at_level(logging.ERROR, "actionqueues"), inject_faults(FailCommits(2)):
+            assert (await q.rollback()).ok
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert WORLD.keys_called("rollback") == ["c", "b", "a"]
+    logged = write_failures(caplog)
+    assert len(logged) == 1
+    assert "the start of step 1's rollback" in logged[0]
+    assert run_id is not None
+    assert journal.timeline(run_id).run.status == "rolled_back"
+    assert statuses(journal, run_id) == ["rolled_back"] * 3
+
+
 def test_a_transient_write_failure_in_a_rollback_retry_loses_nothing(
     journal: Journal, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -115,6 +150,27 @@ def test_a_journal_that_stays_unwritable_during_a_rollback_leaves_the_run_to_rec
     report = recover(journal)  # at least once: the rollbacks are called again
     assert [r.outcome for r in report.runs] == ["rolled_back"]
     assert WORLD.keys_called("rollback") == ["c", "b", "a", "c", "b", "a"]
+
+
+def test_a_recovery_whose_last_write_fails_reports_what_the_journal_holds(
+    journal: Journal, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rollback's outcome could not be written: the report says what the journal holds."""
+    q = failed_abc(journal)
+    q_run = q.run_id
+    del q  # abandoned: its owner died after the failure
+    clock.advance(LEASE + 1)
+    # recovery's commits: the claim (a transaction, no fault point), then the starts of
+    # c's, b's and a's rollbacks (1-3), then the outcome (4)
+    with caplog.at_level(logging.ERROR, "actionqueues"), inject_faults(FailCommits(4)):
+        report = recover(journal)
+    assert [(r.run_id, r.outcome, r.status) for r in report.runs] == [
+        (q_run, "rolled_back", "rolling_back")
+    ]
+    assert "the rollback's outcome" in write_failures(caplog)[0]
+    clock.advance(LEASE + 1)
+    again = recover(journal)  # the run is finished by a later recovery
+    assert [(r.outcome, r.status) for r in again.runs] == [("rolled_back", "rolled_back")]
 
 
 @pytest.mark.parametrize("failing", [3, 4])

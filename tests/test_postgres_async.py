@@ -1,0 +1,345 @@
+"""AsyncActionQueue on the PostgreSQL journal: its commits go over async connections.
+
+The backend-independent async tests (``tests/journal/test_async_journal.py``)
+run on PostgreSQL too; these check what only the async connections do: the
+event loop runs other tasks while a commit is in flight, a lost connection is
+replaced, and each loop's pool is closed with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import _pgtest
+import psycopg
+import psycopg_pool
+import pytest
+
+from actionqueues import (
+    AsyncActionQueue,
+    Journal,
+    JournalError,
+    current_step,
+    open_journal,
+    recover,
+    register_action,
+)
+from actionqueues.testing import FakeClock, inject_faults
+
+pytestmark = _pgtest.marks()
+
+ORDER: list[str] = []
+
+
+@register_action("tests.pg_async.step")
+@dataclass
+class Step:
+    n: int
+
+    async def execute(self) -> None:
+        ORDER.append(f"do {self.n} as {current_step().idempotency_key.split(':')[1]}")
+
+    async def rollback(self) -> None:
+        ORDER.append(f"undo {self.n}")
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    """A journal URL on a fresh schema."""
+    ORDER.clear()
+    with _pgtest.fresh_schema() as fresh:
+        yield fresh
+
+
+@pytest.fixture
+def journal(url: str) -> Iterator[Journal]:
+    opened = open_journal(url, heartbeat=False)
+    yield opened
+    opened.close()
+
+
+def _refuse_sync_connections(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse() -> Any:
+        raise AssertionError("the async queue used a blocking connection")
+
+    monkeypatch.setattr(journal._pool, "connection", refuse)  # type: ignore[attr-defined]
+
+
+def test_an_async_queue_commits_over_async_connections_only(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every commit of an async run (create, steps, success) uses the loop's async pool."""
+    points: list[str] = []
+
+    async def main() -> str | None:
+        _refuse_sync_connections(journal, monkeypatch)
+        q = AsyncActionQueue(journal=journal, name="async-pg")
+        for n in range(3):
+            q.add(Step(n))
+        with inject_faults(points.append):
+            await q.execute()
+        monkeypatch.undo()
+        await journal.aclose()  # closes this loop's pool, then the journal
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert ORDER == ["do 0 as 0", "do 1 as 1", "do 2 as 2"]
+    assert points.count("after_commit") == 4  # N+1 commits
+    with open_journal(journal.url, read_only=True) as reader:
+        timeline = reader.timeline(str(run_id))
+    assert (timeline.run.kind, timeline.run.status) == ("async", "succeeded")
+    assert [(s.status, s.attempts) for s in timeline.steps] == [("succeeded", 1)] * 3
+
+
+def test_the_loop_runs_other_tasks_while_a_commit_waits_for_the_server(
+    journal: Journal,
+) -> None:
+    """A commit blocked on the server (a row lock) lets another task run meanwhile.
+
+    Another session locks the run's row, so step 1's start commit waits; a task
+    scheduled before it releases the lock. A commit that blocked the loop would
+    finish only when the server ends the locker's session (5 s), and step 1
+    would then run before that task.
+    """
+
+    async def main() -> None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(LockTheRun(journal))
+        q.add(Step(1))
+        await q.execute()
+
+    asyncio.run(main())
+    assert ORDER == ["locked", "the other task released the lock", "do 1 as 1"]
+
+
+_LOCKERS: dict[str, Any] = {}
+
+
+@register_action("tests.pg_async.lock_the_run")
+class LockTheRun:
+    """Step 0: lock the run's row in another session; schedule a task to release it."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def to_state(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LockTheRun:  # pragma: no cover - not recovered
+        raise NotImplementedError
+
+    async def execute(self) -> None:
+        run_id = current_step().run_id
+        schema = self.journal.url.rsplit("schema=", 1)[1]
+        locker = psycopg.connect(_pgtest.URL)
+        locker.execute("SET idle_in_transaction_session_timeout = '5s'")
+        locker.execute(f"SELECT 1 FROM {schema}.aq_runs WHERE run_id = %s FOR UPDATE", (run_id,))
+        ORDER.append("locked")
+
+        async def release() -> None:
+            ORDER.append("the other task released the lock")
+            locker.close()
+
+        task = asyncio.get_running_loop().create_task(release())
+        self.tasks.add(task)
+
+    async def rollback(self) -> None:
+        pass
+
+
+def _kill_before_commit(journal: Journal, nth: int) -> Callable[[str], None]:
+    """A fault hook that terminates the journal's sessions just before its nth commit."""
+    hits = 0
+
+    def hook(point: str) -> None:
+        nonlocal hits
+        if point == "before_commit":
+            hits += 1
+            if hits == nth:
+                with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = %s",
+                        (f"actionqueues {journal.owner}"[:63],),
+                    )
+
+    return hook
+
+
+@pytest.mark.parametrize("nth", [1, 2, 4])
+def test_an_async_commit_whose_connection_is_lost_is_resent(journal: Journal, nth: int) -> None:
+    """The run's creation, a step's commit or its success, lost with the connection: resent."""
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal)
+        for n in range(3):
+            q.add(Step(n))
+        with inject_faults(_kill_before_commit(journal, nth)):
+            await q.execute()
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert ORDER == ["do 0 as 0", "do 1 as 1", "do 2 as 2"]
+    timeline = journal.timeline(str(run_id))
+    assert timeline.run.status == "succeeded"
+    assert [(s.status, s.attempts) for s in timeline.steps] == [("succeeded", 1)] * 3
+
+
+def test_recovering_async_runs_closes_each_loops_connections(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """recover() runs each async run in a loop of its own, and closes that loop's pool."""
+    with open_journal(url, heartbeat=False) as journal:
+
+        async def abandon() -> None:
+            q = AsyncActionQueue(journal=journal)
+            q.add(Step(0))
+            await q.execute()
+            journal.commit(str(q.run_id), {"status": "running"}, [])  # as if it had died
+
+        for _ in range(3):
+            asyncio.run(abandon())
+    ORDER.clear()
+    opened: list[psycopg_pool.AsyncConnectionPool[Any]] = []
+    open_pool = psycopg_pool.AsyncConnectionPool.open
+
+    async def recording_open(pool: Any, *args: Any, **kwargs: Any) -> None:
+        opened.append(pool)
+        await open_pool(pool, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg_pool.AsyncConnectionPool, "open", recording_open)
+    with open_journal(url, heartbeat=False, clock=FakeClock(time.time() + 3600)) as recoverer:
+        report = recover(recoverer)
+        assert [r.outcome for r in report.runs] == ["rolled_back"] * 3
+        assert ORDER == ["undo 0"] * 3
+        assert len(opened) == 3
+        assert all(pool.closed for pool in opened)  # closed with their loops, not at close()
+
+
+def test_close_from_async_code_closes_the_loops_pool_soon_after(url: str) -> None:
+    """journal.close() called inside a loop schedules the close of that loop's pool."""
+    journal = open_journal(url, heartbeat=False)
+
+    async def main() -> None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(Step(0))
+        await q.execute()
+        pools = list(journal._apools.values())  # type: ignore[attr-defined]
+        assert len(pools) == 1
+        journal.close()
+        await asyncio.gather(*journal._closing)  # type: ignore[attr-defined]
+        assert pools[0].closed
+
+    asyncio.run(main())
+
+
+def test_a_journal_closed_after_its_loop_stopped_closes_that_loops_pool(url: str) -> None:
+    """A loop that is not running (nor closed) gets its pool closed by journal.close()."""
+    journal = open_journal(url, heartbeat=False)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(_one_run(journal))
+        pools = list(journal._apools.values())  # type: ignore[attr-defined]
+        journal.close()
+        assert [pool.closed for pool in pools] == [True]
+    finally:
+        loop.close()
+
+
+def test_a_journal_closed_from_another_thread_closes_that_loops_pool(url: str) -> None:
+    """A loop running in another thread gets its pool closed there; close() waits for it."""
+    journal = open_journal(url, heartbeat=False)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(_one_run(journal), loop).result(timeout=30)
+        pools = list(journal._apools.values())  # type: ignore[attr-defined]
+        journal.close()
+        assert [pool.closed for pool in pools] == [True]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+async def _one_run(journal: Journal) -> None:
+    q = AsyncActionQueue(journal=journal)
+    q.add(Step(0))
+    await q.execute()
+
+
+def test_a_commit_the_server_refuses_is_a_journal_error(journal: Journal) -> None:
+    """A statement the server rejects (a bad value) is a JournalError, sync or async."""
+    run = {"run_id": "r-1", "name": "a", "kind": "async", "status": "running", "resumable": 0}
+    journal.create({**run, "steps": 1}, [{"idx": 0, "type": "t", "state": "{}"}], [])
+    bad: list[Any] = [("step", 0, {"attempts": "many"})]
+    with pytest.raises(JournalError, match=r"cannot write to the journal .*many"):
+        journal.commit("r-1", {}, bad, renew=False)
+    with pytest.raises(JournalError, match=r"cannot write to the journal .*many"):
+        asyncio.run(journal.acommit("r-1", {}, bad, renew=False))
+    assert journal.timeline("r-1").steps[0].attempts == 0
+
+
+class _DeadPool:
+    """An async pool whose every connection is lost."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+
+    def connection(self) -> Any:
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    async def check(self) -> None:
+        self.checked += 1
+
+
+def test_an_async_commit_lost_twice_is_a_journal_error(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lost, then lost again on the new connection: a JournalError, the run not written."""
+    dead = _DeadPool()
+
+    async def dead_pool() -> _DeadPool:
+        return dead
+
+    monkeypatch.setattr(journal, "_apool", dead_pool)
+
+    async def main() -> AsyncActionQueue:
+        q = AsyncActionQueue(journal=journal)
+        q.add(Step(0))
+        with pytest.raises(JournalError, match="server closed the connection"):
+            await q.execute()
+        return q
+
+    q = asyncio.run(main())
+    assert dead.checked == 2  # the run's creation, then (still pending) with its failure
+    assert ORDER == []  # its start not recorded, the step was not called
+    assert journal.runs() == []
+    assert q.run_id is not None
+
+
+def test_an_unreachable_server_for_the_async_pool_is_a_journal_error(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's pool cannot connect: JournalError naming the server, never its password."""
+    monkeypatch.setattr(journal, "_libpq_url", "postgresql://me:secret@127.0.0.1:1/runs")
+    monkeypatch.setattr(journal, "connect_timeout", 0.3)
+
+    async def main() -> None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(Step(0))
+        await q.execute()
+
+    with pytest.raises(JournalError, match="cannot connect to the PostgreSQL journal") as caught:
+        asyncio.run(main())
+    assert "me:***@127.0.0.1:1/runs" in str(caught.value)
+    assert "secret" not in str(caught.value)
+    assert ORDER == []
