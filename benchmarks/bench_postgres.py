@@ -9,6 +9,8 @@ and run ``--queues`` units of ``--steps`` (10) steps per round:
 * raw: one committed ``INSERT`` per step over one psycopg connection in
   autocommit, server defaults (``synchronous_commit=on``): what the server
   allows at one durable commit per step;
+* async: the same queues as ``AsyncActionQueue``\\ s on one event loop, 1, 4 and
+  16 at once (tasks), their commits over the journal's async connections;
 * dbos: DBOS Transact 3.4 in its own venv (``benchmarks/.venv-dbos/``), a
   ``@DBOS.workflow`` of 10 ``@DBOS.step`` steps per unit, its system database a
   fresh database (``dbos_bench``) on the same server. Run by
@@ -384,6 +386,62 @@ def run_actionqueues(
     return Measurement(timed.elapsed, queues * steps, info)
 
 
+def run_actionqueues_async(
+    url: str, schema: str, pool_size: int | None, tasks: int, queues: int, steps: int
+) -> Measurement:
+    """AsyncActionQueues on one event loop, ``tasks`` at once, over the journal's async pool."""
+    import asyncio
+
+    from actionqueues import AsyncActionQueue, open_journal
+
+    action = step_type()
+    drop_schema(url, schema)
+    journal_url = with_query(url, schema=schema)
+    if pool_size is not None:
+        journal_url = with_query(journal_url, pool_size=str(pool_size))
+    try:
+        journal = open_journal(journal_url)
+    except Exception as exc:
+        raise Unavailable(f"open_journal({journal_url!r}): {type(exc).__name__}: {exc}") from exc
+
+    async def one() -> None:
+        q = AsyncActionQueue(journal=journal, name="bench")
+        for i in range(steps):
+            q.add(action(i))
+        await q.execute()
+
+    async def measure() -> float:
+        for _ in range(WARMUP_QUEUES):
+            await one()
+        counter = itertools.count()
+
+        async def worker() -> None:
+            while next(counter) < queues:
+                await one()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(tasks)))
+        elapsed = time.perf_counter() - start
+        await journal.aclose()
+        return elapsed
+
+    try:
+        with connect(without_query(url)) as observer:
+            xid_before = next_xid(observer)
+            elapsed = asyncio.run(measure())
+            xids = next_xid(observer) - xid_before
+        statuses: dict[str, int] = {}
+        for run in journal.runs(name="bench"):
+            statuses[run.status] = statuses.get(run.status, 0) + 1
+    finally:
+        journal.close()
+    if statuses != {"succeeded": queues + WARMUP_QUEUES}:
+        sys.exit(f"bench_postgres: the async journal holds runs {statuses}")
+    info: dict[str, object] = {"xids_per_step": xids / (queues * steps), "tasks": tasks}
+    drop_schema(without_query(url), schema)
+    return Measurement(elapsed, queues * steps, info)
+
+
 def run_dbos(python: Path, url: str, database: str, queues: int, steps: int) -> Measurement:
     fresh_database(url, database)
     cmd = [str(python), "-I", str(WORKER), "--url", with_database(url, database)]
@@ -432,6 +490,8 @@ def describe(name: str, info: dict[str, object]) -> str:
             f"{info['step_rows_verified']} step outputs verified"
         )
     xids = f"{info['xids_per_step']:.2f} write transactions/step"
+    if name.startswith("async"):
+        return f"AsyncActionQueue, {info['tasks']} task(s) on one event loop, {xids}"
     if name.startswith("raw"):
         return f"synchronous_commit={info['synchronous_commit']}, {xids}"
     return (
@@ -527,6 +587,15 @@ def main(argv: list[str] | None = None) -> int:
         jobs[label("actionqueues", level)] = functools.partial(
             run_actionqueues, url, args.schema, args.pool_size, level, queues, steps
         )
+        jobs[label("async", level)] = functools.partial(
+            run_actionqueues_async,
+            url,
+            args.schema + "_async",
+            args.pool_size,
+            level,
+            queues,
+            steps,
+        )
         if level == 1 or not args.skip_raw_concurrency:
             jobs[label("raw", level)] = functools.partial(
                 run_raw, url, args.raw_schema, level, queues, steps
@@ -543,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     with (
         cleanup(
             url,
-            [args.schema, args.raw_schema],
+            [args.schema, args.schema + "_async", args.raw_schema],
             None if dbos_python is None else args.dbos_database,
             args.keep,
         ),
@@ -596,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         if contender in unavailable:
             if name == contender:
                 print(f"  {name:18s} not run: {unavailable[contender]}")
-        elif name in seen and (name == contender or contender == "actionqueues"):
+        elif name in seen and (name == contender or contender in ("actionqueues", "async")):
             print(f"  {name:18s} {describe(name, seen[name])}")
     print()
 
@@ -640,6 +709,25 @@ def main(argv: list[str] | None = None) -> int:
             line += f"{'-':>9s} {'-':>9s} {'-':>9s} {'-':>7s}"
         line += " | "
         line += ratio_cell(statistics.median(ours), theirs) if ours and theirs else f"{'-':>9s}"
+        print(line)
+    print()
+
+    print("async: AsyncActionQueues on one event loop, N tasks at once (the journal's async pool)")
+    header = f"{'tasks':>7s} | {'async':>12s} {'min':>9s} {'max':>9s} {'vs x1':>7s} | "
+    header += f"{'vs threads':>10s}"
+    print(header)
+    print("-" * len(header))
+    async_one = samples.get(label("async", 1), [])
+    for level in levels:
+        values = samples.get(label("async", level), [])
+        if not values or not async_one:
+            continue
+        threaded = samples[label("actionqueues", level)]
+        line = f"{level:7d} | {statistics.median(values):12,.0f} {min(values):9,.0f} "
+        line += (
+            f"{max(values):9,.0f} {statistics.median(values) / statistics.median(async_one):6.2f}x"
+        )
+        line += " | " + (ratio_cell(statistics.median(values), threaded) if threaded else "-")
         print(line)
     print()
 
