@@ -422,17 +422,17 @@ def run_actionqueues_async(
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(tasks)))
         elapsed = time.perf_counter() - start
+        for run in journal.runs(name="bench"):
+            statuses[run.status] = statuses.get(run.status, 0) + 1
         await journal.aclose()
         return elapsed
 
+    statuses: dict[str, int] = {}
     try:
         with connect(without_query(url)) as observer:
             xid_before = next_xid(observer)
             elapsed = asyncio.run(measure())
             xids = next_xid(observer) - xid_before
-        statuses: dict[str, int] = {}
-        for run in journal.runs(name="bench"):
-            statuses[run.status] = statuses.get(run.status, 0) + 1
     finally:
         journal.close()
     if statuses != {"succeeded": queues + WARMUP_QUEUES}:

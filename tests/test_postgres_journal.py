@@ -341,7 +341,35 @@ def test_processes_opening_a_new_schema_at_once_migrate_it_once(url: str) -> Non
     schema = url.rsplit("schema=", 1)[1]
     with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
         versions = admin.execute(f'SELECT version FROM "{schema}".aq_schema_version').fetchall()
-    assert versions == [(1,)]
+    assert versions == [(1,), (2,)]
+
+
+def test_a_version_1_journal_is_migrated_when_opened(url: str) -> None:
+    """Schema 1 (no commit ids on events) is migrated to 2 by the next process to open it."""
+    with open_journal(url, heartbeat=False) as journal:
+        q = ActionQueue(journal=journal)
+        q.add(Step(0))
+        q.execute()
+    schema = url.rsplit("schema=", 1)[1]
+    with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
+        admin.execute(f'DROP INDEX "{schema}".aq_events_once')
+        admin.execute(
+            f'ALTER TABLE "{schema}".aq_events DROP COLUMN commit_id, DROP COLUMN commit_seq'
+        )
+        admin.execute(f'DELETE FROM "{schema}".aq_schema_version WHERE version = 2')
+    with open_journal(url, heartbeat=False) as journal:
+        assert [r.run_id for r in journal.runs()] == [q.run_id]
+    with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
+        versions = admin.execute(
+            f'SELECT version FROM "{schema}".aq_schema_version ORDER BY version'
+        ).fetchall()
+        columns = admin.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'aq_events'",
+            (schema,),
+        ).fetchall()
+    assert versions == [(1,), (2,)]
+    assert {("commit_id",), ("commit_seq",)} <= set(columns)
 
 
 def test_a_journal_written_by_a_newer_version_is_refused_and_left_alone(url: str) -> None:

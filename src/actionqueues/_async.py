@@ -137,7 +137,11 @@ class AsyncActionQueue(QueueCore):
                     try:
                         await recorder.astep_started(index, action)
                     except BaseException:
-                        self._started = index  # not recorded, so not called
+                        # Not recorded, so not called. Recorded, then cancelled: not
+                        # called, but it counts as started (the journal says so), like
+                        # a step whose process died there.
+                        if recorder.recorded_start != index:
+                            self._started = index
                         raise
                 start = self._step_started(listeners, index, action)
                 try:

@@ -12,6 +12,7 @@ The recorder turns the engine's reporting hooks into journal commits:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import json
@@ -157,12 +158,14 @@ _Hook = Generator[str | None, None, None]
 _DONE: Any = object()
 
 
-def _throw(hook: _Hook, exc: BaseException) -> Any:
+def _throw(hook: _Hook, exc: BaseException | None) -> Any:
     """Throw ``exc`` into ``hook``: its next request, or _DONE (or it raises)."""
     try:
-        return hook.throw(exc)
+        return hook.throw(exc)  # type: ignore[arg-type]
     except StopIteration:
         return _DONE
+    finally:
+        exc = None  # the raised exception's traceback holds this frame: no cycle
 
 
 def _error_text(error: BaseException) -> str:
@@ -197,6 +200,8 @@ class RunRecorder:
         self.failed_rollbacks: set[int] = set()
         self.lost = False  # another process claimed the run: stop calling and writing
         self.write_failed = False  # a write failed while rolling back (logged once)
+        self.cancelled = False  # the task was cancelled during an async write
+        self.recorded_start = -1  # the last step whose start was committed
         # (attempts already made, Unix time of the first) per (index, method), from a journal
         self.seeds: dict[tuple[int, str], tuple[int, float | None]] = {}
         # retry_rollback(): the rollback policy's attempts and deadline start afresh
@@ -224,13 +229,27 @@ class RunRecorder:
         self.committed.update(run)
 
     async def _aflush(self) -> None:
-        """:meth:`_flush`, through the journal's async methods."""
+        """:meth:`_flush`, through the journal's async methods.
+
+        The write is shielded from cancellation: a commit the server may have
+        applied must be known to have been, or not. A cancellation that came
+        meanwhile is raised when the hook ends (see :meth:`_adrive`).
+        """
         ops, run = self._take()
-        try:
-            await self._awrite(ops, run)
-        except BaseException as exc:
-            self._not_written(exc, ops, run)
-            raise
+        write = asyncio.ensure_future(self._awrite(ops, run))
+        while True:
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                if not write.done():
+                    self.cancelled = True  # finish the write first
+                    continue
+                self._not_written(asyncio.CancelledError(), ops, run)
+                raise
+            except BaseException as exc:
+                self._not_written(exc, ops, run)
+                raise
+            break
         self.committed.update(run)
 
     def _take(self) -> tuple[list[Op], dict[str, Any]]:
@@ -308,18 +327,27 @@ class RunRecorder:
                 request = next(hook, _DONE)
 
     async def _adrive(self, hook: _Hook) -> None:
-        """:meth:`_drive`, with each write awaited."""
-        request = next(hook, _DONE)
-        while request is not _DONE:
-            try:
-                if request is None:
-                    await self._aflush()
+        """:meth:`_drive`, with each write awaited.
+
+        A cancellation that came during a write is raised once the hook has
+        ended, so that what the journal holds is also what this queue knows.
+        """
+        try:
+            request = next(hook, _DONE)
+            while request is not _DONE:
+                try:
+                    if request is None:
+                        await self._aflush()
+                    else:
+                        await self._aguarded(str(request))
+                except BaseException as exc:
+                    request = _throw(hook, exc)
                 else:
-                    await self._aguarded(str(request))
-            except BaseException as exc:
-                request = _throw(hook, exc)
-            else:
-                request = next(hook, _DONE)
+                    request = next(hook, _DONE)
+        finally:
+            cancelled, self.cancelled = self.cancelled, False
+            if cancelled:
+                raise asyncio.CancelledError  # it wins over an error of the hook
 
     def _set_current(self, index: int, method: str) -> None:
         token = _CURRENT.set(StepContext(self.run_id, index, method, step_key(self.run_id, index)))
@@ -397,6 +425,7 @@ class RunRecorder:
             # Not recorded, so execute() will not be called: only the earlier results stay.
             self.ops = [o for o in self.ops if o is not op]
             raise
+        self.recorded_start = index
         fault("after_step_record")
         self._set_current(index, "execute")
 
@@ -614,7 +643,8 @@ class RunRecorder:
         try:
             self._flush()
         except JournalError as exc:
-            self._guard(exc, what)
+            if self._guard(exc, what):
+                raise
 
     async def _aguarded(self, what: str) -> None:
         """:meth:`_guarded`, with the write awaited."""
@@ -622,20 +652,22 @@ class RunRecorder:
         try:
             await self._aflush()
         except JournalError as exc:
-            self._guard(exc, what)
+            if self._guard(exc, what):
+                raise
 
     def _check_held(self) -> None:
         if self.lost:
             raise LeaseLost(self.run_id, self.journal.owner, self.journal.url)
 
-    def _guard(self, exc: JournalError, what: str) -> None:
-        """A guarded write failed: log it (once), and stop only for a lost lease."""
+    def _guard(self, exc: JournalError, what: str) -> bool:
+        """A guarded write failed: log it (once); True to stop (only for a lost lease)."""
         if isinstance(exc, LeaseLost):
             _log_write_failure(self, exc, what)
-            raise exc
+            return True
         if not self.write_failed:
             self.write_failed = True
             _log_write_failure(self, exc, what)
+        return False
 
 
 def _log_write_failure(recorder: RunRecorder, exc: JournalError, what: str) -> None:

@@ -437,6 +437,12 @@ class Journal(abc.ABC):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url} owner={self.owner}>"
 

@@ -15,9 +15,11 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import re
 import threading
 import urllib.parse
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,6 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import psycopg_pool
 
 __all__ = ["PostgresJournal"]
+
+logger = logging.getLogger("actionqueues")
 
 _R = TypeVar("_R")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,39}")
@@ -122,7 +126,9 @@ class PostgresJournal(SQLJournal):
             options may follow in the query (``?sslmode=require``).
         schema: The schema of the journal's tables (created if missing).
         table_prefix: The prefix of their names.
-        pool_size: The most connections the journal opens.
+        pool_size: The most connections of each of the journal's pools: the
+            blocking one (queues, heartbeat, recovery) and, for
+            ``AsyncActionQueue``, the async one of each event loop.
         connect_timeout: Seconds to wait for the server when opening.
         read_only: Only read an existing journal (``runs()``, ``timeline()``):
             nothing is created or migrated, and writing raises
@@ -164,6 +170,9 @@ class PostgresJournal(SQLJournal):
         self.url = shown + ("&" if "?" in shown else "?") + query
         self.where = f"schema {schema} of {shown}"
         self._pool_module = pool_module
+        # A pool with no connection to give within its timeout, or closed: these
+        # subclass OperationalError, but resending would only wait again.
+        self._pool_errors = (pool_module.PoolTimeout, pool_module.PoolClosed)
         self._libpq_url = url
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
@@ -243,7 +252,7 @@ class PostgresJournal(SQLJournal):
                 return await (await conn.execute(sql, params)).fetchone(), resent
 
         found, resent = await self._atwice(send, "cannot write to the journal")
-        self._check_created(found, resent, run_id)
+        self._check_created(found, resent, run_id)  # its rare read blocks: an error path
         fault("after_commit")
 
     def _create_statement(
@@ -296,42 +305,39 @@ class PostgresJournal(SQLJournal):
             f"ON CONFLICT (run_id) DO NOTHING RETURNING run_id), "
             f"s AS (INSERT INTO {t}steps (run_id, {', '.join(_STEP_INSERT)}) "
             f"SELECT r.run_id, u.* FROM r, jsonb_to_recordset(%s::jsonb) AS u({record}))"
-            + self._events_sql(events, "EXISTS (SELECT 1 FROM r)", dedupe=False)
+            + self._events_sql(events, "EXISTS (SELECT 1 FROM r)")
             + " SELECT count(*) FROM r"
         )
         self._statements[("create", events)] = sql
         return sql
 
-    def _events_sql(self, events: int, condition: str, *, dedupe: bool) -> str:
+    def _events_sql(self, events: int, condition: str) -> str:
         """The CTE inserting ``events`` events, in order, when ``condition`` holds.
 
-        With ``dedupe``, an event already in the journal (the same run, time,
-        step, kind and detail: one this commit's first send wrote) is skipped.
+        Each carries the commit's id and its position in it: if the commit is
+        sent twice, the unique index ``events_once`` keeps one copy.
         """
         if not events:
             return ""
         t = self.prefix
         values = ", ".join(
-            ["(%s::integer, %s, %s::double precision, %s::integer, %s, %s)"] * events
+            ["(%s::integer, %s, %s::double precision, %s::integer, %s, %s, %s)"] * events
         )
-        if dedupe:
-            condition += (
-                f" AND NOT EXISTS (SELECT 1 FROM {t}events e WHERE e.run_id = v.run_id "
-                f"AND e.at = v.at AND e.idx IS NOT DISTINCT FROM v.idx AND e.kind = v.kind "
-                f"AND e.detail = v.detail)"
-            )
         return (
-            f", e AS (INSERT INTO {t}events (run_id, at, idx, kind, detail) "
-            f"SELECT v.run_id, v.at, v.idx, v.kind, v.detail "
-            f"FROM (VALUES {values}) AS v(n, run_id, at, idx, kind, detail) "
-            f"WHERE {condition} ORDER BY v.n)"
+            f", e AS (INSERT INTO {t}events "
+            f"(run_id, at, idx, kind, detail, commit_id, commit_seq) "
+            f"SELECT v.run_id, v.at, v.idx, v.kind, v.detail, v.commit_id, v.n "
+            f"FROM (VALUES {values}) AS v(n, run_id, at, idx, kind, detail, commit_id) "
+            f"WHERE {condition} ORDER BY v.n "
+            f"ON CONFLICT (run_id, commit_id, commit_seq) DO NOTHING)"
         )
 
     @staticmethod
     def _event_params(run_id: str, now: float, events: list[tuple[Any, ...]]) -> list[Any]:
         params: list[Any] = []
+        commit_id = uuid.uuid4().hex if events else None
         for n, (index, kind, detail) in enumerate(events):
-            params += [n, run_id, now, index, kind, detail]
+            params += [n, run_id, now, index, kind, detail, commit_id]
         return params
 
     def commit(
@@ -343,14 +349,15 @@ class PostgresJournal(SQLJournal):
         holds the run (the run row is updated, or read ``FOR SHARE``, first). If
         the connection is lost, it is sent again on a new one: the run's and the
         steps' columns are simply written again, and the events the first send
-        may have written are not written twice.
+        may have written are not written twice (they carry the commit's id).
         """
         shape, params = self._commit_statement(run_id, run, ops, renew)
         self._writable()
         fault("before_commit")
 
+        sql = self._statements.get(shape) or self._commit_sql(shape)
+
         def send(resent: bool) -> Any:
-            sql = self._statements.get((*shape, resent)) or self._commit_sql((*shape, resent))
             with self._pool.connection() as conn:
                 return conn.execute(sql, params).fetchone()
 
@@ -365,12 +372,14 @@ class PostgresJournal(SQLJournal):
         self._writable()
         fault("before_commit")
 
+        sql = self._statements.get(shape) or self._commit_sql(shape)
+
         async def send(resent: bool) -> Any:
-            sql = self._statements.get((*shape, resent)) or self._commit_sql((*shape, resent))
             async with (await self._apool()).connection() as conn:
                 return await (await conn.execute(sql, params)).fetchone()
 
-        self._check_committed(await self._atwice(send, "cannot write to the journal"), run_id)
+        row = await self._atwice(send, "cannot write to the journal")
+        self._check_committed(row, run_id)  # its read (a lost lease only) blocks: an error path
         fault("after_commit")
 
     def _commit_statement(
@@ -421,11 +430,10 @@ class PostgresJournal(SQLJournal):
     def _commit_sql(self, key: tuple[Any, ...]) -> str:
         """The one-statement commit of these run and step columns and events.
 
-        Run columns None: the run is only read (to check the owner). On a resend,
-        events already in the journal are skipped.
+        Run columns None: the run is only read (to check the owner).
         """
         t = self.prefix
-        run_keys, step_keys, events, resend = key
+        run_keys, step_keys, events = key
         if run_keys is None:
             parts = [f"WITH r AS (SELECT owner FROM {t}runs WHERE run_id = %s FOR SHARE)"]
         else:
@@ -442,7 +450,7 @@ class PostgresJournal(SQLJournal):
                 f", s{n} AS (UPDATE {t}steps SET {sets} WHERE run_id = %s AND idx = %s "
                 f"AND (SELECT owner FROM r) = %s RETURNING 1)"
             )
-        parts.append(self._events_sql(events, "(SELECT owner FROM r) = %s", dedupe=resend))
+        parts.append(self._events_sql(events, "(SELECT owner FROM r) = %s"))
         parts.append(" SELECT (SELECT owner FROM r)")
         sql = "".join(parts)
         self._statements[key] = sql
@@ -525,6 +533,8 @@ class PostgresJournal(SQLJournal):
         psycopg = self._psycopg
         try:
             return attempt(False)
+        except self._pool_errors as exc:  # no connection to be had: no second wait
+            raise self._fail(what, exc) from exc
         except psycopg.OperationalError:
             self._pool.check()  # drop the pool's other dead connections
         except psycopg.Error as exc:
@@ -539,6 +549,8 @@ class PostgresJournal(SQLJournal):
         psycopg = self._psycopg
         try:
             return await attempt(False)
+        except self._pool_errors as exc:  # no connection to be had: no second wait
+            raise self._fail(what, exc) from exc
         except psycopg.OperationalError:
             await (await self._apool()).check()  # drop the pool's other dead connections
         except psycopg.Error as exc:
@@ -571,17 +583,32 @@ class PostgresJournal(SQLJournal):
             )
             try:
                 await pool.open(wait=True, timeout=self.connect_timeout)
-            except self._pool_module.PoolTimeout as exc:
+            except BaseException as exc:
                 await pool.close()
-                raise self._unreachable() from exc
+                if isinstance(exc, self._pool_module.PoolTimeout):
+                    raise self._unreachable() from exc
+                raise
             with self._apools_guard:
-                # Pools of loops that have ended: their tasks are gone, and their
-                # connections close when the pools are dropped.
-                for ended in [other for other in self._apools if other.is_closed()]:
-                    del self._apools[ended]
-                    self._apool_locks.pop(ended, None)
-                self._apools[loop] = pool
+                closed = self.closed  # closed while this pool was opening?
+                if not closed:
+                    self._register(loop, pool)
+            if closed:
+                await pool.close()
+                raise JournalError(f"the journal {self.url} is closed", self.url)
             return pool
+
+    def _register(
+        self, loop: asyncio.AbstractEventLoop, pool: psycopg_pool.AsyncConnectionPool[Any]
+    ) -> None:
+        """Keep ``loop``'s new pool (under ``_apools_guard``); drop those of ended loops.
+
+        An ended loop's tasks are gone, and its pool's connections close when
+        the pool is dropped.
+        """
+        for ended in [other for other in self._apools if other.is_closed()]:
+            del self._apools[ended]
+            self._apool_locks.pop(ended, None)
+        self._apools[loop] = pool
 
     def _unreachable(self) -> JournalError:
         shown = redact(self._libpq_url)
@@ -618,6 +645,12 @@ class PostgresJournal(SQLJournal):
             if loop.is_closed():
                 continue  # its tasks are gone; its connections close when it is dropped
             if loop is current:  # close() called from the loop's own code: soon after
+                logger.warning(
+                    "journal.close() was called from a running event loop: its async "
+                    "connections close in the background, if the loop lets them; await "
+                    "journal.aclose() (or use async with) instead",
+                    extra={"aq_event": "journal_closed_in_loop"},
+                )
                 task = loop.create_task(pool.close())
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)

@@ -81,6 +81,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX {t}events_by_run ON {t}events (run_id, id)",
     ),
+    # Events written by a commit that may be sent twice (PostgreSQL's one-statement
+    # commits, resent when the connection is lost) carry that commit's id and their
+    # position in it: the second copy is refused by this index, even while the first
+    # send is still running on the server.
+    2: (
+        "ALTER TABLE {t}events ADD COLUMN commit_id TEXT",
+        "ALTER TABLE {t}events ADD COLUMN commit_seq INTEGER",
+        "CREATE UNIQUE INDEX {t}events_once ON {t}events (run_id, commit_id, commit_seq)",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 TERMINAL = frozenset({"succeeded", "rolled_back", "needs_attention"})

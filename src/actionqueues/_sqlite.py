@@ -120,7 +120,7 @@ class SQLiteJournal(SQLJournal):
             raise JournalError(
                 f"{self.path} is not an actionqueues journal (an empty database)", self.url
             )
-        if found < SCHEMA_VERSION:  # pragma: no cover - there is one schema version so far
+        if found < SCHEMA_VERSION:
             raise JournalError(
                 f"the journal {self.path} has schema version {found}; this actionqueues "
                 f"reads {SCHEMA_VERSION}: open it once for writing to migrate it",

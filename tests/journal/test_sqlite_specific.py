@@ -201,7 +201,11 @@ def test_a_journal_of_a_newer_schema_is_refused_and_left_untouched(tmp_path: Pat
         open_journal(target)
     assert "upgrade actionqueues" in str(e.value)
     assert "left untouched" in str(e.value)
-    assert rows(target, "SELECT version FROM aq_schema_version ORDER BY version") == [(1,), (99,)]
+    assert rows(target, "SELECT version FROM aq_schema_version ORDER BY version") == [
+        (1,),
+        (2,),
+        (99,),
+    ]
     assert rows(target, "SELECT run_id FROM aq_runs") == [(run_id,)]
 
 
@@ -209,17 +213,47 @@ def test_a_journal_of_a_newer_schema_is_refused_and_left_untouched(tmp_path: Pat
 
 
 def test_a_new_journal_records_its_format_and_schema_version(tmp_path: Path) -> None:
-    """A new file gets aq_meta(format), aq_schema_version (1, applied_at) and the tables."""
+    """A new file gets aq_meta(format), aq_schema_version (1 and 2, applied_at), the tables."""
     target = tmp_path / "runs.db"
     with opened(target, clock=FakeClock(START)):
         pass
     assert rows(target, "SELECT key, value FROM aq_meta") == [("format", "actionqueues-journal")]
-    assert rows(target, "SELECT version, applied_at FROM aq_schema_version") == [(1, START)]
+    assert rows(target, "SELECT version, applied_at FROM aq_schema_version") == [
+        (1, START),
+        (2, START),
+    ]
     tables = {r[0] for r in rows(target, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"aq_meta", "aq_schema_version", "aq_runs", "aq_steps", "aq_events"} <= tables
     with opened(target, clock=FakeClock(START + 100)):  # reopening applies nothing again
         pass
-    assert rows(target, "SELECT version, applied_at FROM aq_schema_version") == [(1, START)]
+    assert rows(target, "SELECT version, applied_at FROM aq_schema_version") == [
+        (1, START),
+        (2, START),
+    ]
+
+
+def test_a_version_1_journal_is_migrated_when_opened_for_writing(tmp_path: Path) -> None:
+    """Schema 1 (no commit ids on events): read-only refuses it; opening it migrates it."""
+    target = tmp_path / "runs.db"
+    with opened(target, clock=FakeClock(START)) as journal:
+        run_id = one_run(journal)
+    conn = raw(target)  # back to what version 1 created
+    conn.execute("DROP INDEX aq_events_once")
+    conn.execute("ALTER TABLE aq_events DROP COLUMN commit_seq")
+    conn.execute("ALTER TABLE aq_events DROP COLUMN commit_id")
+    conn.execute("DELETE FROM aq_schema_version WHERE version = 2")
+    conn.close()
+    with pytest.raises(JournalError, match=r"schema version 1; .* open it once for writing"):
+        open_journal(target, read_only=True)
+    with opened(target, clock=FakeClock(START + 100)) as journal:
+        assert [r.run_id for r in journal.runs()] == [run_id]
+        assert one_run(journal) != run_id  # and it is written as before
+    assert rows(target, "SELECT version, applied_at FROM aq_schema_version") == [
+        (1, START),
+        (2, START + 100),
+    ]
+    columns = {r[1] for r in rows(target, "PRAGMA table_info(aq_events)")}
+    assert {"commit_id", "commit_seq"} <= columns
 
 
 def test_the_journal_uses_wal_and_synchronous_full(tmp_path: Path) -> None:
