@@ -9,9 +9,10 @@ replaced, and each loop's pool is closed with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from actionqueues import (
     AsyncActionQueue,
     Journal,
     JournalError,
+    RetryPolicy,
     current_step,
     open_journal,
     recover,
@@ -101,32 +103,64 @@ def test_the_loop_runs_other_tasks_while_a_commit_waits_for_the_server(
 ) -> None:
     """A commit blocked on the server (a row lock) lets another task run meanwhile.
 
-    Another session locks the run's row, so step 1's start commit waits; a task
-    scheduled before it releases the lock. A commit that blocked the loop would
-    finish only when the server ends the locker's session (5 s), and step 1
-    would then run before that task.
+    Another session locks the run's row, so step 1's start commit waits on the
+    server; a task of the same loop sees it waiting there, then releases the
+    lock. A commit that blocked the loop would finish only when the server
+    ends the locker's session (5 s), and step 1 would run before that task.
     """
+    lock = LockTheRun(journal)
 
     async def main() -> None:
         q = AsyncActionQueue(journal=journal)
-        q.add(LockTheRun(journal))
+        q.add(lock)
         q.add(Step(1))
         await q.execute()
 
     asyncio.run(main())
-    assert ORDER == ["locked", "the other task released the lock", "do 1 as 1"]
+    assert ORDER == ["locked", "saw the commit wait; released the lock", "do 1 as 1"]
 
 
-_LOCKERS: dict[str, Any] = {}
+def test_a_task_cancelled_during_a_commit_gets_it_done_first(journal: Journal) -> None:
+    """Cancelled while step 1's start commit waits: the commit lands, then the cancellation.
+
+    Step 1 was recorded as started but not called: it counts as started (like a
+    step whose process died there), so the rollback undoes it too, and the
+    journal ends consistent: every started step rolled back.
+    """
+    lock = LockTheRun(journal)
+
+    async def main() -> AsyncActionQueue:
+        q = AsyncActionQueue(journal=journal)
+        q.add(lock)
+        q.add(Step(1))
+        task = asyncio.get_running_loop().create_task(q.execute())
+        lock.cancel = task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await q.rollback()).ok
+        return q
+
+    q = asyncio.run(main())
+    assert ORDER == ["locked", "saw the commit wait; released the lock", "undo 1", "undo lock"]
+    timeline = journal.timeline(str(q.run_id))
+    assert timeline.run.status == "rolled_back"
+    assert [(s.status, s.attempts) for s in timeline.steps] == [
+        ("rolled_back", 1),
+        ("rolled_back", 1),
+    ]
+    assert [e.kind for e in timeline.events] == ["failed"]
+    assert "CancelledError" in timeline.events[0].detail
 
 
 @register_action("tests.pg_async.lock_the_run")
 class LockTheRun:
-    """Step 0: lock the run's row in another session; schedule a task to release it."""
+    """Step 0: lock the run's row in another session; a task releases it once the
+    journal's next commit waits for it (cancelling ``cancel`` first, if set)."""
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self.tasks: set[asyncio.Task[None]] = set()
+        self.cancel: asyncio.Task[None] | None = None
 
     def to_state(self) -> dict[str, Any]:
         return {}
@@ -142,16 +176,31 @@ class LockTheRun:
         locker.execute("SET idle_in_transaction_session_timeout = '5s'")
         locker.execute(f"SELECT 1 FROM {schema}.aq_runs WHERE run_id = %s FOR UPDATE", (run_id,))
         ORDER.append("locked")
+        name = f"actionqueues {self.journal.owner}"[:63]
 
         async def release() -> None:
-            ORDER.append("the other task released the lock")
+            with psycopg.connect(_pgtest.URL, autocommit=True) as watcher:
+                for _ in range(10_000):  # each look is a query: about a second in all
+                    waiting = watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE application_name = %s AND wait_event_type = 'Lock'",
+                        (name,),
+                    ).fetchone()
+                    if waiting and waiting[0]:
+                        break
+                    await asyncio.sleep(0)  # let the loop run (no real wait)
+                else:
+                    raise AssertionError("the journal's commit never waited on the server")
+            if self.cancel is not None:
+                self.cancel.cancel()
+            ORDER.append("saw the commit wait; released the lock")
             locker.close()
 
         task = asyncio.get_running_loop().create_task(release())
         self.tasks.add(task)
 
     async def rollback(self) -> None:
-        pass
+        ORDER.append("undo lock")
 
 
 def _kill_before_commit(journal: Journal, nth: int) -> Callable[[str], None]:
@@ -174,10 +223,21 @@ def _kill_before_commit(journal: Journal, nth: int) -> Callable[[str], None]:
 
 
 @pytest.mark.parametrize("nth", [1, 2, 4])
-def test_an_async_commit_whose_connection_is_lost_is_resent(journal: Journal, nth: int) -> None:
+def test_an_async_commit_whose_connection_is_lost_is_resent(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch, nth: int
+) -> None:
     """The run's creation, a step's commit or its success, lost with the connection: resent."""
+    resends: list[int] = []
 
     async def main() -> str | None:
+        pool = await journal._apool()  # type: ignore[attr-defined]  # its session dies too
+        check = pool.check
+
+        async def counting_check() -> None:
+            resends.append(1)
+            await check()
+
+        monkeypatch.setattr(pool, "check", counting_check)
         q = AsyncActionQueue(journal=journal)
         for n in range(3):
             q.add(Step(n))
@@ -186,10 +246,141 @@ def test_an_async_commit_whose_connection_is_lost_is_resent(journal: Journal, nt
         return q.run_id
 
     run_id = asyncio.run(main())
+    assert resends == [1]
     assert ORDER == ["do 0 as 0", "do 1 as 1", "do 2 as 2"]
     timeline = journal.timeline(str(run_id))
     assert timeline.run.status == "succeeded"
     assert [(s.status, s.attempts) for s in timeline.steps] == [("succeeded", 1)] * 3
+
+
+class _AsyncAnswerLost:
+    """Wraps an async pool: the nth statement is applied, then its answer is "lost"."""
+
+    def __init__(self, pool: Any, nth: int) -> None:
+        self.pool = pool
+        self.nth = nth
+        self.sent = 0
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        async with self.pool.connection() as conn:
+            yield _LosingConnection(self, conn)
+
+    async def check(self) -> None:
+        pass
+
+
+class _LosingConnection:
+    def __init__(self, owner: _AsyncAnswerLost, conn: Any) -> None:
+        self.owner = owner
+        self.conn = conn
+
+    async def execute(self, *args: Any) -> Any:
+        result = await self.conn.execute(*args)
+        self.owner.sent += 1
+        if self.owner.sent == self.owner.nth:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return result
+
+
+@register_action("tests.pg_async.flaky")
+@dataclass
+class Flaky:
+    """Fails its first call, then works."""
+
+    n: int
+    calls: int = 0
+
+    async def execute(self) -> None:
+        self.calls += 1
+        ORDER.append(f"do {self.n}")
+        if self.calls == 1:
+            raise ConnectionError("flaky")
+
+    async def rollback(self) -> None:
+        ORDER.append(f"undo {self.n}")
+
+
+@pytest.mark.parametrize(
+    ("nth", "what"), [(1, "the run's creation"), (3, "the retry's schedule and its event")]
+)
+def test_an_async_commit_applied_but_whose_answer_was_lost_is_resent_harmlessly(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch, nth: int, what: str
+) -> None:
+    """The server applied the commit, the answer was lost: the resend changes nothing."""
+
+    async def main() -> str | None:
+        lost = _AsyncAnswerLost(await journal._apool(), nth)  # type: ignore[attr-defined]
+
+        async def losing_pool() -> _AsyncAnswerLost:
+            return lost
+
+        monkeypatch.setattr(journal, "_apool", losing_pool)
+        q = AsyncActionQueue(journal=journal, retry=RetryPolicy(max_attempts=2), sleep=no_sleep)
+        q.add(Step(0))
+        q.add(Flaky(1))
+        await q.execute()
+        assert lost.sent > nth
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert ORDER == ["do 0 as 0", "do 1", "do 1"]
+    timeline = journal.timeline(str(run_id))
+    assert timeline.run.status == "succeeded"
+    assert [(s.status, s.attempts) for s in timeline.steps] == [("succeeded", 1), ("succeeded", 2)]
+    assert [(e.kind, e.index) for e in timeline.events] == [("retry", 1)]  # written once
+
+
+def no_sleep(seconds: float) -> None:
+    """The queues' injected sleep: never sleeps."""
+
+
+def test_async_with_closes_the_journal_and_its_loops_pool(url: str) -> None:
+    """``async with open_journal(...)`` closes the running loop's pool on the way out."""
+
+    async def main() -> Any:
+        async with open_journal(url, heartbeat=False) as journal:
+            q = AsyncActionQueue(journal=journal)
+            q.add(Step(0))
+            await q.execute()
+            pools = list(journal._apools.values())  # type: ignore[attr-defined]
+        assert journal.closed
+        return pools
+
+    pools = asyncio.run(main())
+    assert [pool.closed for pool in pools] == [True]
+
+
+def test_a_pool_without_a_free_connection_is_not_waited_for_twice(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No connection within the pool's timeout: a JournalError at once, no resend."""
+    checks: list[int] = []
+
+    class Exhausted:
+        def connection(self) -> Any:
+            raise psycopg_pool.PoolTimeout("couldn't get a connection after 30.00 sec")
+
+        def check(self) -> None:
+            checks.append(1)
+
+        async def acheck(self) -> None:
+            checks.append(1)
+
+    exhausted = Exhausted()
+    monkeypatch.setattr(journal, "_pool", exhausted)
+    with pytest.raises(JournalError, match="couldn't get a connection"):
+        journal.commit("r-1", {}, [("step", 0, {"attempts": 1})], renew=False)
+
+    async def exhausted_pool() -> Any:
+        return exhausted
+
+    monkeypatch.setattr(journal, "_apool", exhausted_pool)
+    monkeypatch.setattr(exhausted, "check", exhausted.acheck)
+    with pytest.raises(JournalError, match="couldn't get a connection"):
+        asyncio.run(journal.acommit("r-1", {}, [("step", 0, {"attempts": 1})], renew=False))
+    assert checks == []
+    monkeypatch.undo()
 
 
 def test_recovering_async_runs_closes_each_loops_connections(

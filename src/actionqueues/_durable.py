@@ -237,19 +237,22 @@ class RunRecorder:
         """
         ops, run = self._take()
         write = asyncio.ensure_future(self._awrite(ops, run))
-        while True:
-            try:
-                await asyncio.shield(write)
-            except asyncio.CancelledError:
-                if not write.done():
-                    self.cancelled = True  # finish the write first
-                    continue
-                self._not_written(asyncio.CancelledError(), ops, run)
-                raise
-            except BaseException as exc:
-                self._not_written(exc, ops, run)
-                raise
-            break
+        try:
+            while True:
+                try:
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    if not write.done():
+                        self.cancelled = True  # finish the write first
+                        continue
+                    self._not_written(asyncio.CancelledError(), ops, run)
+                    raise
+                except BaseException as exc:
+                    self._not_written(exc, ops, run)
+                    raise
+                break
+        finally:
+            del write  # the task holds the error, whose traceback holds this frame
         self.committed.update(run)
 
     def _take(self) -> tuple[list[Op], dict[str, Any]]:

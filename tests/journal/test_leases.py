@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import threading
@@ -11,6 +12,7 @@ import pytest
 
 from actionqueues import (
     ActionQueue,
+    AsyncActionQueue,
     BaseListener,
     Journal,
     JournalError,
@@ -402,6 +404,51 @@ def test_a_dropped_failed_queue_stops_being_renewed_without_the_cyclic_gc(
     finally:
         gc.enable()
     assert journal.timeline(run_id).run.lease_expires_at == lease_before
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_queue_dropped_after_a_journal_write_failed_stops_being_renewed_without_the_gc(
+    journal: Journal, kind: str
+) -> None:
+    """A failed write's exception holds no cycle that keeps a dropped queue (and its lease)."""
+
+    def second_commit_fails(point: str, hits: list[int] = []) -> None:  # noqa: B006
+        if point == "before_commit":
+            hits.append(1)
+            if len(hits) == 2:
+                raise JournalError("disk full (simulated)", journal.url)
+
+    gc.disable()
+    try:
+        queue: ActionQueue | AsyncActionQueue
+        if kind == "sync":
+            queue = ActionQueue(journal=journal, name="w")
+        else:
+            queue = AsyncActionQueue(journal=journal, name="w")
+        queue.add(Put("a"))
+        queue.add(Put("b"))
+        with inject_faults(second_commit_fails):
+            _execute_failing(queue)
+        assert journal.heartbeat() == 1
+        del queue
+        assert journal.heartbeat() == 0
+    finally:
+        gc.enable()
+
+
+def _execute_failing(queue: ActionQueue | AsyncActionQueue) -> None:
+    """Run ``queue``, which fails with a JournalError (caught inside the loop, if async:
+    one escaping ``asyncio.run`` is kept in a cycle with its task)."""
+    if isinstance(queue, ActionQueue):
+        with pytest.raises(JournalError, match="simulated"):
+            queue.execute()
+        return
+
+    async def main(queue: AsyncActionQueue) -> None:
+        with pytest.raises(JournalError, match="simulated"):
+            await queue.execute()
+
+    asyncio.run(main(queue))
 
 
 def test_a_heartbeat_that_read_a_run_before_it_finished_does_not_renew_it(
