@@ -334,21 +334,28 @@ def journal_settings(journal: Any) -> tuple[str, str]:
     return "unknown (no pool found on the journal)", "unknown"
 
 
-def run_actionqueues(
-    url: str, schema: str, pool_size: int | None, threads: int, queues: int, steps: int
-) -> Measurement:
-    """Journaled queues of no-op actions on ``open_journal("postgresql://...?schema=...")``."""
-    from actionqueues import ActionQueue, open_journal
+def fresh_journal(url: str, schema: str, pool_size: int | None) -> Any:
+    """The actionqueues journal on a new schema (``pool_size=`` in its URL if given)."""
+    from actionqueues import open_journal
 
-    action = step_type()
     drop_schema(url, schema)
     journal_url = with_query(url, schema=schema)
     if pool_size is not None:
         journal_url = with_query(journal_url, pool_size=str(pool_size))
     try:
-        journal = open_journal(journal_url)
+        return open_journal(journal_url)
     except Exception as exc:  # the backend is not there (yet), or cannot open this URL
         raise Unavailable(f"open_journal({journal_url!r}): {type(exc).__name__}: {exc}") from exc
+
+
+def run_actionqueues(
+    url: str, schema: str, pool_size: int | None, threads: int, queues: int, steps: int
+) -> Measurement:
+    """Journaled queues of no-op actions on ``open_journal("postgresql://...?schema=...")``."""
+    from actionqueues import ActionQueue
+
+    action = step_type()
+    journal = fresh_journal(url, schema, pool_size)
     try:
         with connect(without_query(url)) as observer:
 
@@ -392,17 +399,10 @@ def run_actionqueues_async(
     """AsyncActionQueues on one event loop, ``tasks`` at once, over the journal's async pool."""
     import asyncio
 
-    from actionqueues import AsyncActionQueue, open_journal
+    from actionqueues import AsyncActionQueue
 
     action = step_type()
-    drop_schema(url, schema)
-    journal_url = with_query(url, schema=schema)
-    if pool_size is not None:
-        journal_url = with_query(journal_url, pool_size=str(pool_size))
-    try:
-        journal = open_journal(journal_url)
-    except Exception as exc:
-        raise Unavailable(f"open_journal({journal_url!r}): {type(exc).__name__}: {exc}") from exc
+    journal = fresh_journal(url, schema, pool_size)
 
     async def one() -> None:
         q = AsyncActionQueue(journal=journal, name="bench")

@@ -13,7 +13,8 @@ import contextlib
 import functools
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,29 @@ def fresh_schema(prefix: str = "aqt") -> Iterator[str]:
     finally:
         with psycopg.connect(URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def terminate_sessions(journal: Any) -> int:
+    """Terminate the server sessions of ``journal``'s pools (named after its owner)."""
+    import psycopg
+
+    with psycopg.connect(URL, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (f"actionqueues {journal.owner}"[:63],),
+        ).fetchall()
+    return len(rows)
+
+
+def kill_before_commit(journal: Any, nth: int) -> Callable[[str], None]:
+    """A fault hook terminating ``journal``'s sessions just before its nth commit."""
+    hits = 0
+
+    def hook(point: str) -> None:
+        nonlocal hits
+        if point == "before_commit":
+            hits += 1
+            if hits == nth:
+                terminate_sessions(journal)
+
+    return hook

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,25 +203,6 @@ class LockTheRun:
         ORDER.append("undo lock")
 
 
-def _kill_before_commit(journal: Journal, nth: int) -> Callable[[str], None]:
-    """A fault hook that terminates the journal's sessions just before its nth commit."""
-    hits = 0
-
-    def hook(point: str) -> None:
-        nonlocal hits
-        if point == "before_commit":
-            hits += 1
-            if hits == nth:
-                with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
-                    admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name = %s",
-                        (f"actionqueues {journal.owner}"[:63],),
-                    )
-
-    return hook
-
-
 @pytest.mark.parametrize("nth", [1, 2, 4])
 def test_an_async_commit_whose_connection_is_lost_is_resent(
     journal: Journal, monkeypatch: pytest.MonkeyPatch, nth: int
@@ -241,7 +222,7 @@ def test_an_async_commit_whose_connection_is_lost_is_resent(
         q = AsyncActionQueue(journal=journal)
         for n in range(3):
             q.add(Step(n))
-        with inject_faults(_kill_before_commit(journal, nth)):
+        with inject_faults(_pgtest.kill_before_commit(journal, nth)):
             await q.execute()
         return q.run_id
 

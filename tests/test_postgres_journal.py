@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -66,16 +66,6 @@ def journal(url: str) -> Iterator[Journal]:
     opened.close()
 
 
-def _terminate_journal_connections(journal: Journal) -> int:
-    """Terminate the server sessions of ``journal``'s pool (named after its owner)."""
-    with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
-        rows = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-            (f"actionqueues {journal.owner}"[:63],),
-        ).fetchall()
-    return len(rows)
-
-
 def test_a_connection_lost_between_commits_is_replaced_transparently(
     journal: Journal, url: str
 ) -> None:
@@ -85,7 +75,7 @@ def test_a_connection_lost_between_commits_is_replaced_transparently(
     @dataclass
     class Terminating(Action):
         def execute(self) -> None:
-            assert _terminate_journal_connections(journal) >= 1
+            assert _pgtest.terminate_sessions(journal) >= 1
 
     q = ActionQueue(journal=journal)
     q.add(Step(0))
@@ -99,20 +89,6 @@ def test_a_connection_lost_between_commits_is_replaced_transparently(
     assert [s.attempts for s in timeline.steps] == [1, 1, 1]
 
 
-def _kill_at_commit(journal: Journal, nth: int) -> Callable[[str], None]:
-    """A fault hook that terminates the journal's sessions just before its nth commit."""
-    hits = 0
-
-    def hook(point: str) -> None:
-        nonlocal hits
-        if point == "before_commit":
-            hits += 1
-            if hits == nth:
-                _terminate_journal_connections(journal)
-
-    return hook
-
-
 def test_a_step_commit_whose_connection_is_lost_is_retried_transparently(
     journal: Journal,
 ) -> None:
@@ -120,7 +96,7 @@ def test_a_step_commit_whose_connection_is_lost_is_retried_transparently(
     q = ActionQueue(journal=journal, name="cut")
     for n in range(3):
         q.add(Step(n))
-    with inject_faults(_kill_at_commit(journal, 2)):  # step 0's result + step 1's start
+    with inject_faults(_pgtest.kill_before_commit(journal, 2)):  # step 0's result + step 1's start
         q.execute()
     assert LEDGER == [("do", 0), ("do", 1), ("do", 2)]
     timeline = journal.timeline(str(q.run_id))
@@ -256,7 +232,7 @@ def test_a_connection_lost_during_a_transaction_commit_reports_an_unknown_outcom
 
         def read_then_lose_the_connection(*args: Any) -> Any:
             found = timeline(*args)  # the claim's last statement, before its COMMIT
-            _terminate_journal_connections(other)
+            _pgtest.terminate_sessions(other)
             return found
 
         monkeypatch.setattr(other, "_timeline", read_then_lose_the_connection)
@@ -275,7 +251,7 @@ def test_the_run_success_commit_lost_with_its_connection_is_resent(journal: Jour
     for n in range(3):
         q.add(Step(n))
     # commits: 1 create + step 0 start, 2 and 3 the step commits, 4 the run's success
-    with inject_faults(_kill_at_commit(journal, 4)):
+    with inject_faults(_pgtest.kill_before_commit(journal, 4)):
         q.execute()
     timeline = journal.timeline(str(q.run_id))
     assert timeline.run.status == "succeeded"
@@ -288,7 +264,7 @@ def test_the_create_commit_lost_with_its_connection_is_resent(journal: Journal) 
     q = ActionQueue(journal=journal, name="cut")
     for n in range(2):
         q.add(Step(n))
-    with inject_faults(_kill_at_commit(journal, 1)):
+    with inject_faults(_pgtest.kill_before_commit(journal, 1)):
         q.execute()
     timeline = journal.timeline(str(q.run_id))
     assert timeline.run.status == "succeeded"
@@ -436,9 +412,9 @@ def test_a_connection_lost_before_a_read_is_replaced_transparently(
     q = ActionQueue(journal=journal)
     q.add(Step(1))
     q.execute()
-    assert _terminate_journal_connections(journal) >= 1
+    assert _pgtest.terminate_sessions(journal) >= 1
     assert [r.run_id for r in journal.runs()] == [q.run_id]
-    assert _terminate_journal_connections(journal) >= 1
+    assert _pgtest.terminate_sessions(journal) >= 1
     assert journal.timeline(str(q.run_id)).run.status == "succeeded"
 
 

@@ -54,9 +54,10 @@ class AsyncActionQueue(QueueCore):
     Cancellation: if the task running :meth:`execute` is cancelled, the
     action that was running counts as started (its outcome is unknown) and the
     cancellation propagates. A journal commit in flight is finished first
-    (then the step whose start it recorded counts as started too). :meth:`rollback` is shielded: it runs every
-    rollback to the end even while its task is being cancelled, however many
-    times, then re-raises the cancellation.
+    (then the step whose start it recorded counts as started too).
+    :meth:`rollback` is shielded: it runs every rollback to the end even while
+    its task is being cancelled, however many times, then re-raises the
+    cancellation.
 
     Timeouts: ``add(action, timeout=seconds)`` bounds each awaited call of
     that action; a call that overruns fails with :class:`ActionTimeoutError`
