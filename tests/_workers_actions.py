@@ -231,13 +231,23 @@ class FileLedger:
     # -- the test process's side -------------------------------------------------------
 
     def set_trap(self, pid: int | None = None) -> int:
-        """Catch the next rollback call of process ``pid`` (None: of any); return the trap."""
-        cursor = self._conn().execute("INSERT INTO traps (pid) VALUES (?)", (pid,))
-        trap = cursor.lastrowid
-        assert trap is not None
-        gate = sqlite3.connect(self._gate(trap), isolation_level=None, check_same_thread=False)
-        gate.execute("BEGIN IMMEDIATE")  # closed by release(), or by this process's end
-        self._gates[trap] = gate
+        """Catch the next rollback call of process ``pid`` (None: of any); return the trap.
+
+        The trap's gate is locked before the trap is committed: a rollback that
+        springs it always finds the gate shut.
+        """
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            trap = conn.execute("INSERT INTO traps (pid) VALUES (?)", (pid,)).lastrowid
+            assert trap is not None
+            gate = sqlite3.connect(self._gate(trap), isolation_level=None, check_same_thread=False)
+            gate.execute("BEGIN IMMEDIATE")  # closed by release(), or by this process's end
+            self._gates[trap] = gate
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return trap
 
     def sprung(self, trap: int) -> str | None:
