@@ -412,6 +412,21 @@ def test_close_from_async_code_closes_the_loops_pool_soon_after(url: str) -> Non
     asyncio.run(main())
 
 
+def test_a_loop_ended_by_asyncio_run_closes_its_pool(journal: Journal) -> None:
+    """Without aclose(), the pool is closed as asyncio.run shuts its loop down."""
+    pools: list[Any] = []
+
+    async def main() -> None:
+        await _one_run(journal)
+        pools.extend(journal._apools.values())  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+    assert [pool.closed for pool in pools] == [True]
+    assert journal._apools == {}  # type: ignore[attr-defined]
+    asyncio.run(main())  # the next loop gets a pool of its own
+    assert [pool.closed for pool in pools] == [True, True]
+
+
 def test_a_journal_closed_after_its_loop_stopped_closes_that_loops_pool(url: str) -> None:
     """A loop that is not running (nor closed) gets its pool closed by journal.close()."""
     journal = open_journal(url, heartbeat=False)

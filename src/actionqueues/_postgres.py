@@ -20,7 +20,7 @@ import re
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -185,6 +185,7 @@ class PostgresJournal(SQLJournal):
         # async pool belongs to the loop that opened it), made on first use.
         self._apools: dict[asyncio.AbstractEventLoop, psycopg_pool.AsyncConnectionPool[Any]] = {}
         self._apool_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._keepers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
         self._apools_guard = threading.Lock()
         self._closing: set[asyncio.Task[None]] = set()
         self._pool: psycopg_pool.ConnectionPool[Any] = pool_module.ConnectionPool(
@@ -595,7 +596,31 @@ class PostgresJournal(SQLJournal):
             if closed:
                 await pool.close()
                 raise JournalError(f"the journal {self.url} is closed", self.url)
+            keeper = self._keep(loop, pool)
+            await keeper.asend(None)  # now the loop finalizes it when it shuts down
+            with self._apools_guard:
+                self._keepers[loop] = keeper
             return pool
+
+    async def _keep(
+        self, loop: asyncio.AbstractEventLoop, pool: psycopg_pool.AsyncConnectionPool[Any]
+    ) -> AsyncGenerator[None, None]:
+        """Close ``loop``'s pool when the loop shuts down.
+
+        ``asyncio.run`` finalizes the async generators of its loop before
+        closing it: this one then closes the pool, in the loop, so that neither
+        its connections nor its (cancelled) tasks, whose frames hold the code
+        that ran the loop, outlive the loop.
+        """
+        try:
+            yield
+        finally:
+            with self._apools_guard:
+                if self._apools.get(loop) is pool:
+                    del self._apools[loop]
+                self._apool_locks.pop(loop, None)
+                self._keepers.pop(loop, None)
+            await pool.close()
 
     def _register(
         self, loop: asyncio.AbstractEventLoop, pool: psycopg_pool.AsyncConnectionPool[Any]
@@ -608,6 +633,7 @@ class PostgresJournal(SQLJournal):
         for ended in [other for other in self._apools if other.is_closed()]:
             del self._apools[ended]
             self._apool_locks.pop(ended, None)
+            self._keepers.pop(ended, None)
         self._apools[loop] = pool
 
     def _unreachable(self) -> JournalError:
@@ -621,10 +647,9 @@ class PostgresJournal(SQLJournal):
     async def _aclose_loop(self) -> None:
         loop = asyncio.get_running_loop()
         with self._apools_guard:
-            pool = self._apools.pop(loop, None)
-            self._apool_locks.pop(loop, None)
-        if pool is not None:
-            await pool.close()
+            keeper = self._keepers.get(loop)
+        if keeper is not None:
+            await keeper.aclose()  # closes the pool, and forgets it
 
     async def aclose(self) -> None:
         """Close the journal from async code, this event loop's connections included."""
@@ -632,18 +657,20 @@ class PostgresJournal(SQLJournal):
         self.close()
 
     def _close_async_pools(self) -> None:
-        """Close the async pools left open (best effort: each belongs to its loop)."""
+        """Close the async pools still open (best effort: each belongs to its loop)."""
         with self._apools_guard:
-            pools = list(self._apools.items())
+            pools = [(loop, pool, self._keepers.get(loop)) for loop, pool in self._apools.items()]
             self._apools.clear()
             self._apool_locks.clear()
+            self._keepers.clear()
         try:
             current = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        for loop, pool in pools:
+        for loop, pool, keeper in pools:
             if loop.is_closed():
-                continue  # its tasks are gone; its connections close when it is dropped
+                continue  # closed without finalizing: its connections close when dropped
+            closing = pool.close() if keeper is None else keeper.aclose()
             if loop is current:  # close() called from the loop's own code: soon after
                 logger.warning(
                     "journal.close() was called from a running event loop: its async "
@@ -651,15 +678,15 @@ class PostgresJournal(SQLJournal):
                     "journal.aclose() (or use async with) instead",
                     extra={"aq_event": "journal_closed_in_loop"},
                 )
-                task = loop.create_task(pool.close())
+                task = loop.create_task(closing)
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
             elif loop.is_running():  # another thread's loop: wait for it, within reason
-                closing = asyncio.run_coroutine_threadsafe(pool.close(), loop)
+                future = asyncio.run_coroutine_threadsafe(closing, loop)
                 with contextlib.suppress(Exception):
-                    closing.result(timeout=self.connect_timeout)
+                    future.result(timeout=self.connect_timeout)
             else:
-                loop.run_until_complete(pool.close())
+                loop.run_until_complete(closing)
 
     def _run_read(self, body: Callable[[Any], _R]) -> _R:
         """Read; made again on a new connection if the connection was lost."""
