@@ -238,19 +238,18 @@ class RunRecorder:
         ops, run = self._take()
         write = asyncio.ensure_future(self._awrite(ops, run))
         try:
-            while True:
+            while not write.done():
                 try:
-                    await asyncio.shield(write)
+                    await asyncio.wait((write,))  # never cancels the write, never raises its error
                 except asyncio.CancelledError:
-                    if not write.done():
-                        self.cancelled = True  # finish the write first
-                        continue
-                    self._not_written(asyncio.CancelledError(), ops, run)
-                    raise
-                except BaseException as exc:
-                    self._not_written(exc, ops, run)
-                    raise
-                break
+                    # Ours (the write may even be done by now): the write decides what
+                    # was written, and the cancellation is raised after the hook.
+                    self.cancelled = True
+            try:
+                write.result()
+            except BaseException as exc:
+                self._not_written(exc, ops, run)
+                raise
         finally:
             del write  # the task holds the error, whose traceback holds this frame
         self.committed.update(run)

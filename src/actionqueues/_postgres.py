@@ -620,7 +620,15 @@ class PostgresJournal(SQLJournal):
                     del self._apools[loop]
                 self._apool_locks.pop(loop, None)
                 self._keepers.pop(loop, None)
-            await pool.close()
+            try:
+                await pool.close()
+            except asyncio.CancelledError:
+                # asyncio.run cancelled the pool's own tasks before finalizing this:
+                # the pool is closed all the same, its connections dropped (and so
+                # closed) with this error. A cancellation of this task is not ours.
+                task = asyncio.current_task()
+                if task is not None and getattr(task, "cancelling", lambda: 0)():
+                    raise
 
     def _register(
         self, loop: asyncio.AbstractEventLoop, pool: psycopg_pool.AsyncConnectionPool[Any]
@@ -653,8 +661,10 @@ class PostgresJournal(SQLJournal):
 
     async def aclose(self) -> None:
         """Close the journal from async code, this event loop's connections included."""
-        await self._aclose_loop()
-        self.close()
+        try:
+            await self._aclose_loop()
+        finally:
+            self.close()
 
     def _close_async_pools(self) -> None:
         """Close the async pools still open (best effort: each belongs to its loop)."""
@@ -664,29 +674,47 @@ class PostgresJournal(SQLJournal):
             self._apool_locks.clear()
             self._keepers.clear()
         try:
-            current = asyncio.get_running_loop()
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
         for loop, pool, keeper in pools:
             if loop.is_closed():
                 continue  # closed without finalizing: its connections close when dropped
             closing = pool.close() if keeper is None else keeper.aclose()
-            if loop is current:  # close() called from the loop's own code: soon after
-                logger.warning(
-                    "journal.close() was called from a running event loop: its async "
-                    "connections close in the background, if the loop lets them; await "
-                    "journal.aclose() (or use async with) instead",
-                    extra={"aq_event": "journal_closed_in_loop"},
+            try:
+                if loop is current:  # called from the loop's own code: closed soon after
+                    logger.warning(
+                        "journal.close() was called from a running event loop: its async "
+                        "connections close in the background, if the loop lets them; await "
+                        "journal.aclose() (or use async with) instead",
+                        extra={"aq_event": "journal_closed_in_loop"},
+                    )
+                    task = loop.create_task(closing)
+                    self._closing.add(task)
+                    task.add_done_callback(self._closed_in_background)
+                elif loop.is_running() or current is not None:  # its thread runs it, or
+                    # this thread runs another loop: that loop closes the pool, soon
+                    future = asyncio.run_coroutine_threadsafe(closing, loop)
+                    if current is None:  # wait for it, within reason
+                        with contextlib.suppress(Exception):
+                            future.result(timeout=self.connect_timeout)
+                else:
+                    loop.run_until_complete(closing)
+            except Exception:  # one loop's trouble does not keep the others' pools open
+                closing.close()
+                logger.exception(
+                    "could not close the journal's connections of an event loop",
+                    extra={"aq_event": "journal_close_failed"},
                 )
-                task = loop.create_task(closing)
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-            elif loop.is_running():  # another thread's loop: wait for it, within reason
-                future = asyncio.run_coroutine_threadsafe(closing, loop)
-                with contextlib.suppress(Exception):
-                    future.result(timeout=self.connect_timeout)
-            else:
-                loop.run_until_complete(closing)
+
+    def _closed_in_background(self, task: asyncio.Task[None]) -> None:
+        self._closing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "closing the journal's connections failed: %r",
+                task.exception(),
+                extra={"aq_event": "journal_close_failed"},
+            )
 
     def _run_read(self, body: Callable[[Any], _R]) -> _R:
         """Read; made again on a new connection if the connection was lost."""

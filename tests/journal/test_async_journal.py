@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -75,6 +76,46 @@ def test_an_async_failure_and_rollback_are_recorded(journal: Journal) -> None:
     assert event_kinds(journal, run_id) == [(1, "retry"), (None, "failed")]
     assert sleep.calls == [3.0]
     assert WORLD.ledger == {}
+
+
+def test_a_cancellation_that_arrives_as_a_commit_lands_leaves_the_journal_consistent(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task is cancelled just as step 1's start commit completes (before it resumes).
+
+    The commit landed: step 1 counts as started (not called), so the rollback
+    undoes it too and the journal ends with every started step rolled back.
+    """
+    acommit = journal.acommit
+    commits = 0
+    target: list[asyncio.Task[None]] = []
+
+    async def cancelling_acommit(*args: Any, **kwargs: Any) -> None:
+        nonlocal commits
+        await acommit(*args, **kwargs)
+        commits += 1
+        if commits == 1:  # step 0's result and step 1's start: landed, then cancelled
+            asyncio.get_running_loop().call_soon(target[0].cancel)
+
+    monkeypatch.setattr(journal, "acommit", cancelling_acommit)
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(AsyncPut("a"))
+        q.add(AsyncPut("b"))
+        task = asyncio.get_running_loop().create_task(q.execute())
+        target.append(task)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await q.rollback()).ok
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    assert WORLD.keys_called("execute") == ["a"]
+    assert WORLD.keys_called("rollback") == ["b", "a"]  # b: recorded as started
+    assert journal.timeline(run_id).run.status == "rolled_back"
+    assert statuses(journal, run_id) == ["rolled_back", "rolled_back"]
 
 
 def test_current_step_works_in_async_steps(journal: Journal) -> None:
