@@ -161,11 +161,14 @@ _encode = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=
 _FIELDS: dict[type, tuple[str, ...]] = {}
 
 
-def _json(value: object, what: str) -> str:
+def _json(value: object, action: object, index: int) -> str:
     try:
         return _encode(value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} is not JSON data ({exc}); journaled state must be JSON") from exc
+    except (TypeError, ValueError) as exc:  # the step's repr only now: it is not free
+        raise TypeError(
+            f"the state of step {index} ({action!r}) is not JSON data ({exc}); journaled "
+            f"state must be JSON"
+        ) from exc
 
 
 def dump_state(action: object, index: int) -> str:
@@ -192,7 +195,7 @@ def dump_state(action: object, index: int) -> str:
             if names is None:
                 names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(action))  # type: ignore[arg-type]
             state = {name: getattr(action, name) for name in names}
-    return _json(state, f"the state of step {index} ({action!r})")
+    return _json(state, action, index)
 
 
 def load_step(type_name: str, state_json: str) -> Any:
