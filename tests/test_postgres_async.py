@@ -31,6 +31,7 @@ from actionqueues import (
     recover,
     register_action,
 )
+from actionqueues._postgres import PostgresJournal, _AsyncConnections
 from actionqueues.testing import FakeClock, inject_faults
 
 pytestmark = _pgtest.marks()
@@ -379,20 +380,20 @@ def test_recovering_async_runs_closes_each_loops_connections(
         for _ in range(3):
             asyncio.run(abandon())
     ORDER.clear()
-    opened: list[psycopg_pool.AsyncConnectionPool[Any]] = []
-    open_pool = psycopg_pool.AsyncConnectionPool.open
+    opened: list[Any] = []
+    connect = PostgresJournal._aconnect
 
-    async def recording_open(pool: Any, *args: Any, **kwargs: Any) -> None:
-        opened.append(pool)
-        await open_pool(pool, *args, **kwargs)
+    async def recording_connect(journal: PostgresJournal) -> Any:
+        opened.append(journal._apools.get(asyncio.get_running_loop()))  # None: the first
+        return await connect(journal)
 
-    monkeypatch.setattr(psycopg_pool.AsyncConnectionPool, "open", recording_open)
+    monkeypatch.setattr(PostgresJournal, "_aconnect", recording_connect)
     with open_journal(url, heartbeat=False, clock=FakeClock(time.time() + 3600)) as recoverer:
         report = recover(recoverer)
         assert [r.outcome for r in report.runs] == ["rolled_back"] * 3
         assert ORDER == ["undo 0"] * 3
-        assert len(opened) == 3
-        assert all(pool.closed for pool in opened)  # closed with their loops, not at close()
+        assert len(opened) == 3  # one connection per run, each for a loop of its own
+        assert recoverer._apools == {}  # type: ignore[attr-defined]  # closed with their loops
 
 
 def test_close_from_async_code_closes_the_loops_pool_soon_after(url: str) -> None:
@@ -530,3 +531,38 @@ def test_an_unreachable_server_for_the_async_pool_is_a_journal_error(
     assert "me:***@127.0.0.1:1/runs" in str(caught.value)
     assert "secret" not in str(caught.value)
     assert ORDER == []
+
+
+def test_the_loops_connections_are_lent_reused_and_closed() -> None:
+    """The per-loop pool: reuses an idle connection; closes one that failed or is in a
+    transaction, those that come back after close(), and refuses to lend after it."""
+    made: list[Any] = []
+
+    async def connect() -> Any:
+        conn = await psycopg.AsyncConnection.connect(_pgtest.URL, autocommit=True)
+        made.append(conn)
+        return conn
+
+    async def main() -> None:
+        pool = _AsyncConnections(connect, 2, "postgresql://example")
+        async with pool.connection() as first:
+            pass
+        async with pool.connection() as again:
+            assert again is first
+        async with pool.connection() as in_transaction:
+            await in_transaction.execute("BEGIN")
+        assert in_transaction.closed
+        with pytest.raises(ZeroDivisionError):
+            async with pool.connection() as failed:
+                raise ZeroDivisionError
+        assert failed.closed
+        async with pool.connection() as lent:
+            await pool.close()
+            assert not lent.closed
+        assert lent.closed
+        with pytest.raises(JournalError, match="is closed"):
+            async with pool.connection():
+                pass
+        assert all(conn.closed for conn in made)
+
+    asyncio.run(main())

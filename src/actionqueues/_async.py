@@ -67,7 +67,7 @@ class AsyncActionQueue(QueueCore):
     It takes the same arguments as :class:`ActionQueue`; ``sleep`` may be a
     plain or an async function.
     With a PostgreSQL ``journal``, its commits are sent over async
-    connections (psycopg's ``AsyncConnectionPool``, one per event loop) and
+    connections (psycopg's ``AsyncConnection``, a small pool per event loop) and
     awaited, so other tasks run meanwhile. With a SQLite ``journal``, each
     commit is made from the event loop's thread and blocks it for the
     commit's duration (about one disk flush per step).

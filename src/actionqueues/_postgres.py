@@ -20,7 +20,15 @@ import re
 import threading
 import urllib.parse
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,6 +46,7 @@ _R = TypeVar("_R")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 _OUR_OPTIONS = ("schema", "table_prefix", "pool_size", "connect_timeout")
 _MISSING = object()
+_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open on the connection
 #: The step columns a one-statement create inserts (after run_id), with their types.
 _STEP_TYPES = {
     "idx": "integer",
@@ -106,6 +115,59 @@ def redact(url: str) -> str:
         host += f":{parts.port}"
     user = parts.username or ""
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class _AsyncConnections:
+    """The async connections of one event loop: a small pool with no tasks of its own.
+
+    (psycopg_pool's ``AsyncConnectionPool`` runs maintenance tasks; at a loop's
+    end ``asyncio.run`` cancels them, and one cancelled while it reconnects
+    swallows the cancellation and hangs the loop's shutdown.) A connection is
+    lent for one statement; one that failed, or is not idle, is closed.
+    """
+
+    def __init__(self, connect: Callable[[], Awaitable[Any]], size: int, url: str) -> None:
+        self._connect = connect
+        self._idle: list[Any] = []
+        self._slots = asyncio.Semaphore(size)
+        self._url = url
+        self.closed = False
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """Lend a connection (at most ``size`` at once): an idle one, or a new one."""
+        async with self._slots:
+            if self.closed:
+                raise JournalError(f"the journal {self._url} is closed", self._url)
+            conn = self._idle.pop() if self._idle else await self._connect()
+            try:
+                yield conn
+            except BaseException:
+                await _discard(conn)  # in an unknown state
+                raise
+            if self.closed or conn.closed or conn.info.transaction_status != _IDLE:
+                await _discard(conn)
+            else:
+                self._idle.append(conn)
+
+    async def check(self) -> None:
+        """Close the idle connections: after one was lost, the others may be dead too."""
+        await self._close_idle()
+
+    async def close(self) -> None:
+        """Close the idle connections; those lent are closed when they come back."""
+        self.closed = True
+        await self._close_idle()
+
+    async def _close_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await _discard(conn)
+
+
+async def _discard(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        await conn.close()
 
 
 class PostgresJournal(SQLJournal):
@@ -181,9 +243,9 @@ class PostgresJournal(SQLJournal):
             "options": f"-c search_path={schema}",
             "application_name": f"actionqueues {self.owner}"[:63],
         }
-        # AsyncActionQueue's connections: an AsyncConnectionPool per event loop (an
-        # async pool belongs to the loop that opened it), made on first use.
-        self._apools: dict[asyncio.AbstractEventLoop, psycopg_pool.AsyncConnectionPool[Any]] = {}
+        # AsyncActionQueue's connections: a small pool per event loop (an
+        # async connection belongs to the loop that opened it), made on first use.
+        self._apools: dict[asyncio.AbstractEventLoop, _AsyncConnections] = {}
         self._apool_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._keepers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
         self._apools_guard = threading.Lock()
@@ -561,10 +623,10 @@ class PostgresJournal(SQLJournal):
         except psycopg.Error as exc:
             raise self._fail(what, exc) from exc
 
-    async def _apool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
-        """The running event loop's async pool, opened on first use."""
+    async def _apool(self) -> _AsyncConnections:
+        """The running event loop's async connections, the first opened on first use."""
         loop = asyncio.get_running_loop()
-        pool: psycopg_pool.AsyncConnectionPool[Any] | None = self._apools.get(loop)
+        pool = self._apools.get(loop)
         if pool is not None:
             return pool
         with self._apools_guard:
@@ -574,23 +636,11 @@ class PostgresJournal(SQLJournal):
             if pool is not None:
                 return pool
             self._check_usable()
-            pool = self._pool_module.AsyncConnectionPool(
-                self._libpq_url,
-                min_size=1,
-                max_size=self.pool_size,
-                kwargs=self._connection_options,
-                open=False,
-                name="actionqueues-journal-async",
-            )
-            try:
-                await pool.open(wait=True, timeout=self.connect_timeout)
-            except BaseException as exc:
-                await pool.close()
-                if isinstance(exc, self._pool_module.PoolTimeout):
-                    raise self._unreachable() from exc
-                raise
+            pool = _AsyncConnections(self._aconnect, self.pool_size, self.url)
+            async with pool.connection():  # fail now if the server cannot be reached
+                pass
             with self._apools_guard:
-                closed = self.closed  # closed while this pool was opening?
+                closed = self.closed  # closed while connecting?
                 if not closed:
                     self._register(loop, pool)
             if closed:
@@ -602,15 +652,24 @@ class PostgresJournal(SQLJournal):
                 self._keepers[loop] = keeper
             return pool
 
+    async def _aconnect(self) -> Any:
+        """A new async connection (JournalError if the server cannot be reached)."""
+        try:
+            return await self._psycopg.AsyncConnection.connect(
+                self._libpq_url,
+                connect_timeout=max(1, round(self.connect_timeout)),
+                **self._connection_options,
+            )
+        except self._psycopg.OperationalError as exc:
+            raise self._unreachable() from exc
+
     async def _keep(
-        self, loop: asyncio.AbstractEventLoop, pool: psycopg_pool.AsyncConnectionPool[Any]
+        self, loop: asyncio.AbstractEventLoop, pool: _AsyncConnections
     ) -> AsyncGenerator[None, None]:
-        """Close ``loop``'s pool when the loop shuts down.
+        """Close ``loop``'s connections when the loop shuts down.
 
         ``asyncio.run`` finalizes the async generators of its loop before
-        closing it: this one then closes the pool, in the loop, so that neither
-        its connections nor its (cancelled) tasks, whose frames hold the code
-        that ran the loop, outlive the loop.
+        closing it: this one then closes the connections, in the loop.
         """
         try:
             yield
@@ -620,19 +679,9 @@ class PostgresJournal(SQLJournal):
                     del self._apools[loop]
                 self._apool_locks.pop(loop, None)
                 self._keepers.pop(loop, None)
-            try:
-                await pool.close()
-            except asyncio.CancelledError:
-                # asyncio.run cancelled the pool's own tasks before finalizing this:
-                # the pool is closed all the same, its connections dropped (and so
-                # closed) with this error. A cancellation of this task is not ours.
-                task = asyncio.current_task()
-                if task is not None and getattr(task, "cancelling", lambda: 0)():
-                    raise
+            await pool.close()
 
-    def _register(
-        self, loop: asyncio.AbstractEventLoop, pool: psycopg_pool.AsyncConnectionPool[Any]
-    ) -> None:
+    def _register(self, loop: asyncio.AbstractEventLoop, pool: _AsyncConnections) -> None:
         """Keep ``loop``'s new pool (under ``_apools_guard``); drop those of ended loops.
 
         An ended loop's tasks are gone, and its pool's connections close when

@@ -447,11 +447,6 @@ def _execute_failing(queue: ActionQueue | AsyncActionQueue) -> None:
     async def main(queue: AsyncActionQueue) -> None:
         with pytest.raises(JournalError, match="simulated"):
             await queue.execute()
-        # Close this loop's connections, as an application would (async with journal):
-        # else asyncio.run cancels the pool's tasks, and (Python 3.12+) their
-        # tracebacks keep the frames that ran the loop, this one too, until a gc.
-        assert queue.journal is not None
-        await queue.journal._aclose_loop()
 
     asyncio.run(main(queue))
 
