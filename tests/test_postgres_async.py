@@ -18,7 +18,6 @@ from typing import Any
 
 import _pgtest
 import psycopg
-import psycopg_pool
 import pytest
 
 from actionqueues import (
@@ -331,38 +330,6 @@ def test_async_with_closes_the_journal_and_its_loops_pool(url: str) -> None:
 
     pools = asyncio.run(main())
     assert [pool.closed for pool in pools] == [True]
-
-
-def test_a_pool_without_a_free_connection_is_not_waited_for_twice(
-    journal: Journal, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No connection within the pool's timeout: a JournalError at once, no resend."""
-    checks: list[int] = []
-
-    class Exhausted:
-        def connection(self) -> Any:
-            raise psycopg_pool.PoolTimeout("couldn't get a connection after 30.00 sec")
-
-        def check(self) -> None:
-            checks.append(1)
-
-        async def acheck(self) -> None:
-            checks.append(1)
-
-    exhausted = Exhausted()
-    monkeypatch.setattr(journal, "_pool", exhausted)
-    with pytest.raises(JournalError, match="couldn't get a connection"):
-        journal.commit("r-1", {}, [("step", 0, {"attempts": 1})], renew=False)
-
-    async def exhausted_pool() -> Any:
-        return exhausted
-
-    monkeypatch.setattr(journal, "_apool", exhausted_pool)
-    monkeypatch.setattr(exhausted, "check", exhausted.acheck)
-    with pytest.raises(JournalError, match="couldn't get a connection"):
-        asyncio.run(journal.acommit("r-1", {}, [("step", 0, {"attempts": 1})], renew=False))
-    assert checks == []
-    monkeypatch.undo()
 
 
 def test_recovering_async_runs_closes_each_loops_connections(

@@ -16,6 +16,7 @@ from typing import Any
 
 import _pgtest
 import psycopg
+import psycopg_pool
 import pytest
 
 from actionqueues import (
@@ -424,3 +425,23 @@ def test_the_url_carries_the_pool_size_and_refuses_an_option_given_twice(url: st
         assert small.runs() == []
     with pytest.raises(ValueError, match="schema is given both in the URL and as an argument"):
         open_journal(url, schema="other")
+
+
+def test_a_pool_without_a_free_connection_is_not_waited_for_twice(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No connection within the blocking pool's timeout: a JournalError at once, no resend."""
+    checks: list[int] = []
+
+    class Exhausted:
+        def connection(self) -> Any:
+            raise psycopg_pool.PoolTimeout("couldn't get a connection after 30.00 sec")
+
+        def check(self) -> None:
+            checks.append(1)
+
+    monkeypatch.setattr(journal, "_pool", Exhausted())
+    with pytest.raises(JournalError, match="couldn't get a connection"):
+        journal.commit("r-1", {}, [("step", 0, {"attempts": 1})], renew=False)
+    assert checks == []
+    monkeypatch.undo()

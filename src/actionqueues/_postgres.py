@@ -612,8 +612,6 @@ class PostgresJournal(SQLJournal):
         psycopg = self._psycopg
         try:
             return await attempt(False)
-        except self._pool_errors as exc:  # no connection to be had: no second wait
-            raise self._fail(what, exc) from exc
         except psycopg.OperationalError:
             await (await self._apool()).check()  # drop the pool's other dead connections
         except psycopg.Error as exc:
