@@ -90,18 +90,27 @@ def test_a_connection_lost_between_commits_is_replaced_transparently(
     assert [s.attempts for s in timeline.steps] == [1, 1, 1]
 
 
-def test_a_step_commit_whose_connection_is_lost_is_retried_transparently(
-    journal: Journal,
+@pytest.mark.parametrize(
+    "nth",
+    [
+        pytest.param(1, id="create: the run's rows and step 0's start"),
+        pytest.param(2, id="a step: step 0's result and step 1's start"),
+        pytest.param(4, id="the run's success"),
+    ],
+)
+def test_a_queue_commit_whose_connection_is_lost_is_resent_transparently(
+    journal: Journal, nth: int
 ) -> None:
-    """A step's commit (one idempotent statement) lost with its connection is simply resent."""
+    """A queue's commit (one statement) lost with its connection is simply sent again."""
     q = ActionQueue(journal=journal, name="cut")
     for n in range(3):
         q.add(Step(n))
-    with inject_faults(_pgtest.kill_before_commit(journal, 2)):  # step 0's result + step 1's start
+    with inject_faults(_pgtest.kill_before_commit(journal, nth)):
         q.execute()
     assert LEDGER == [("do", 0), ("do", 1), ("do", 2)]
     timeline = journal.timeline(str(q.run_id))
     assert timeline.run.status == "succeeded"
+    assert timeline.run.lease_expires_at == 0
     assert [(s.status, s.attempts) for s in timeline.steps] == [("succeeded", 1)] * 3
 
 
@@ -244,32 +253,6 @@ def test_a_connection_lost_during_a_transaction_commit_reports_an_unknown_outcom
         report = recover(other)
     assert [r.outcome for r in report.runs] == ["rolled_back"]
     assert LEDGER == [("do", 0), ("undo", 0)]
-
-
-def test_the_run_success_commit_lost_with_its_connection_is_resent(journal: Journal) -> None:
-    """The run's last commit (its success; one statement) is sent again on a new connection."""
-    q = ActionQueue(journal=journal, name="cut")
-    for n in range(3):
-        q.add(Step(n))
-    # commits: 1 create + step 0 start, 2 and 3 the step commits, 4 the run's success
-    with inject_faults(_pgtest.kill_before_commit(journal, 4)):
-        q.execute()
-    timeline = journal.timeline(str(q.run_id))
-    assert timeline.run.status == "succeeded"
-    assert timeline.run.lease_expires_at == 0
-    assert [s.status for s in timeline.steps] == ["succeeded"] * 3
-
-
-def test_the_create_commit_lost_with_its_connection_is_resent(journal: Journal) -> None:
-    """The run's first commit (its rows + step 0's start; one statement) is sent again."""
-    q = ActionQueue(journal=journal, name="cut")
-    for n in range(2):
-        q.add(Step(n))
-    with inject_faults(_pgtest.kill_before_commit(journal, 1)):
-        q.execute()
-    timeline = journal.timeline(str(q.run_id))
-    assert timeline.run.status == "succeeded"
-    assert [(s.status, s.attempts) for s in timeline.steps] == [("succeeded", 1)] * 2
 
 
 def test_schemas_and_table_prefixes_keep_journals_apart(url: str) -> None:

@@ -158,14 +158,14 @@ _Hook = Generator[str | None, None, None]
 _DONE: Any = object()
 
 
-def _throw(hook: _Hook, exc: BaseException | None) -> Any:
+def _throw(hook: _Hook, exc: BaseException) -> Any:
     """Throw ``exc`` into ``hook``: its next request, or _DONE (or it raises)."""
     try:
-        return hook.throw(exc)  # type: ignore[arg-type]
+        return hook.throw(exc)
     except StopIteration:
         return _DONE
     finally:
-        exc = None  # the raised exception's traceback holds this frame: no cycle
+        del exc  # the raised exception's traceback holds this frame: no cycle
 
 
 def _error_text(error: BaseException) -> str:

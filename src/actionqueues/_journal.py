@@ -51,6 +51,8 @@ RunStatus = Literal[
 ]
 #: Runs in these states belong to a live owner; when its lease expires, recovery finishes them.
 ACTIVE_STATUSES: Final = ("running", "failed", "rolling_back")
+#: A run in one of these states is finished: it keeps no lease.
+TERMINAL_STATUSES: Final = frozenset({"succeeded", "rolled_back", "needs_attention"})
 
 #: The named points where :func:`actionqueues.testing.inject_faults` can crash a journaled run.
 FAULT_POINTS: Final = (

@@ -25,7 +25,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Iterable,
     Iterator,
     Sequence,
 )
@@ -33,7 +32,14 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._journal import JournalError, LeaseLost, Op, fault
-from ._sql import RUN_STORED, TERMINAL, UPDATABLE_RUN, UPDATABLE_STEP, SQLJournal
+from ._sql import (
+    RUN_STORED,
+    TERMINAL,
+    UPDATABLE_RUN,
+    UPDATABLE_STEP,
+    SQLJournal,
+    check_columns,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg_pool
@@ -79,12 +85,6 @@ def _import_psycopg() -> tuple[Any, Any]:
             "psycopg_pool): pip install 'actionqueues[postgres]'"
         ) from exc
     return psycopg, psycopg_pool
-
-
-def _check_columns(keys: Iterable[str], allowed: frozenset[str], table: str) -> None:
-    for key in keys:
-        if key not in allowed:
-            raise ValueError(f"not a {table} column that can be written: {key!r}")
 
 
 def _identifier(name: str, value: object) -> str:
@@ -339,7 +339,7 @@ class PostgresJournal(SQLJournal):
         for op in ops:
             if op[0] == "step":
                 _, index, columns = op
-                _check_columns(columns, UPDATABLE_STEP, "step")
+                check_columns(columns, UPDATABLE_STEP, "step")
                 if index in rows:  # as the UPDATE of a step that is not there would do
                     rows[index].update(columns)
             else:
@@ -500,14 +500,14 @@ class PostgresJournal(SQLJournal):
         if run_keys is None:
             parts = [f"WITH r AS (SELECT owner FROM {t}runs WHERE run_id = %s FOR SHARE)"]
         else:
-            _check_columns(run_keys, UPDATABLE_RUN, "run")
+            check_columns(run_keys, UPDATABLE_RUN, "run")
             sets = "".join(f"{k} = %s, " for k in run_keys)
             parts = [
                 f"WITH r AS (UPDATE {t}runs SET {sets}lease_expires_at = %s, updated_at = %s "
                 f"WHERE run_id = %s AND owner = %s RETURNING owner)"
             ]
         for n, keys in enumerate(step_keys):
-            _check_columns(keys, UPDATABLE_STEP, "step")
+            check_columns(keys, UPDATABLE_STEP, "step")
             sets = ", ".join(f"{k} = %s" for k in keys)
             parts.append(
                 f", s{n} AS (UPDATE {t}steps SET {sets} WHERE run_id = %s AND idx = %s "
@@ -795,18 +795,15 @@ def open_postgres(url: str, **options: Any) -> PostgresJournal:
         if key in options:
             raise ValueError(f"{key} is given both in the URL and as an argument")
         options[key] = value
-    if "pool_size" in ours:
-        try:
-            options["pool_size"] = int(ours["pool_size"])
-        except ValueError:
-            raise ValueError(
-                f"pool_size in the URL must be an int, got {ours['pool_size']!r}"
-            ) from None
-    if "connect_timeout" in ours:
-        try:
-            options["connect_timeout"] = float(ours["connect_timeout"])
-        except ValueError:
-            raise ValueError(
-                f"connect_timeout in the URL must be a number, got {ours['connect_timeout']!r}"
-            ) from None
+    for key, kind, expected in (
+        ("pool_size", int, "an int"),
+        ("connect_timeout", float, "a number"),
+    ):
+        if key in ours:
+            try:
+                options[key] = kind(ours[key])
+            except ValueError:
+                raise ValueError(
+                    f"{key} in the URL must be {expected}, got {ours[key]!r}"
+                ) from None
     return PostgresJournal(libpq_url, **options)

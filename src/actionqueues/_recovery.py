@@ -23,13 +23,18 @@ from ._async import AsyncActionQueue
 from ._durable import RunRecorder, policies_from_json
 from ._engine import EXECUTE, StepOptions, logger
 from ._events import Listener
-from ._journal import ACTIVE_STATUSES, Journal, LeaseLost, RunInfo, RunTimeline
+from ._journal import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    Journal,
+    LeaseLost,
+    RunInfo,
+    RunTimeline,
+)
 from ._policy import RetryPolicy
 from ._queue import ActionQueue
 from ._registry import load_step
 from ._steps import FunctionStep
-
-_FINAL = frozenset({"succeeded", "rolled_back", "needs_attention"})
 
 __all__ = ["RecoveredRun", "RecoveryReport", "recover", "retry_rollback"]
 
@@ -244,7 +249,7 @@ def _result(
 ) -> RecoveredRun:
     """What became of a run this recovery finished (read back only when unsure)."""
     written = recorder.committed.get("status") if recorder is not None else None
-    if written in _FINAL and recorder is not None and not (recorder.ops or recorder.run):
+    if written in TERMINAL_STATUSES and recorder is not None and not (recorder.ops or recorder.run):
         # Every write went through (under this owner's fence): the journal holds that.
         error = recorder.committed.get("error")
         if written == "needs_attention":

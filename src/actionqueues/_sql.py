@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from ._journal import (
     ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
     Journal,
     JournalError,
     LeaseLost,
@@ -92,7 +93,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
-TERMINAL = frozenset({"succeeded", "rolled_back", "needs_attention"})
+TERMINAL = TERMINAL_STATUSES
 
 RUN_COLUMNS = (
     "run_id",
@@ -137,6 +138,13 @@ _RUN_SELECT = ", ".join(
     else f"{{t}}runs.{c}"
     for c in RUN_COLUMNS
 )
+
+
+def check_columns(keys: Iterable[str], allowed: frozenset[str], table: str) -> None:
+    """Refuse a column a commit may not write (a ValueError naming it)."""
+    for key in keys:
+        if key not in allowed:
+            raise ValueError(f"not a {table} column that can be written: {key!r}")
 
 
 def _run_info(row: Sequence[Any]) -> RunInfo:
@@ -194,10 +202,7 @@ class SQLJournal(Journal):
 
     def _update_sql(self, table: str, keys: tuple[str, ...]) -> str:
         """The UPDATE of ``keys`` (in that order) of a run or a step; checked, then cached."""
-        allowed = UPDATABLE_RUN if table == "run" else UPDATABLE_STEP
-        for key in keys:
-            if key not in allowed:
-                raise ValueError(f"not a {table} column that can be written: {key!r}")
+        check_columns(keys, UPDATABLE_RUN if table == "run" else UPDATABLE_STEP, table)
         sets = "".join(f"{k} = ?, " for k in keys)
         if table == "run":
             text = (
