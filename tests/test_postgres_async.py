@@ -70,6 +70,7 @@ def _refuse_sync_connections(journal: Journal, monkeypatch: pytest.MonkeyPatch) 
         raise AssertionError("the async queue used a blocking connection")
 
     monkeypatch.setattr(journal._pool, "connection", refuse)  # type: ignore[attr-defined]
+    monkeypatch.setattr(journal._pool, "getconn", refuse)  # type: ignore[attr-defined]
 
 
 def test_an_async_queue_commits_over_async_connections_only(

@@ -6,11 +6,11 @@ PostgreSQL too. These tests need the server of ``tests/_pgtest.py``.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,37 +133,19 @@ class Flaky(Action):
 
 
 class _AnswerLost:
-    """Wraps a journal's pool: the nth statement is applied, then its answer is "lost"."""
+    """Wraps a journal's statements: the nth is applied, then its answer is "lost"."""
 
-    def __init__(self, pool: Any, nth: int) -> None:
-        self.pool = pool
+    def __init__(self, journal: Journal, nth: int) -> None:
+        self.run = journal._run_prepared  # type: ignore[attr-defined]
         self.nth = nth
         self.sent = 0
 
-    def connection(self) -> Any:
-        wrapper = self
-
-        @contextmanager
-        def lend() -> Iterator[Any]:
-            with wrapper.pool.connection() as conn:
-
-                class Conn:
-                    def __getattr__(self, name: str) -> Any:
-                        return getattr(conn, name)
-
-                    def execute(self, *args: Any) -> Any:
-                        result = conn.execute(*args)
-                        wrapper.sent += 1
-                        if wrapper.sent == wrapper.nth:
-                            raise psycopg.OperationalError("server closed the connection")
-                        return result
-
-                yield Conn()
-
-        return lend()
-
-    def check(self) -> None:
-        pass
+    def __call__(self, *args: Any) -> Any:
+        result = self.run(*args)
+        self.sent += 1
+        if self.sent == self.nth:
+            raise psycopg.OperationalError("server closed the connection")
+        return result
 
 
 def test_a_commit_applied_but_whose_answer_was_lost_is_resent_without_doubling_events(
@@ -173,8 +155,8 @@ def test_a_commit_applied_but_whose_answer_was_lost_is_resent_without_doubling_e
 
     The retry's schedule (a step column and a "retry" event) is written once.
     """
-    lost = _AnswerLost(journal._pool, 3)  # type: ignore[attr-defined]
-    monkeypatch.setattr(journal, "_pool", lost)
+    lost = _AnswerLost(journal, 3)
+    monkeypatch.setattr(journal, "_run_prepared", lost)
     q = ActionQueue(journal=journal, name="cut", retry=RetryPolicy(max_attempts=3), sleep=no_sleep)
     q.add(Step(0))
     q.add(Flaky(1))
@@ -197,8 +179,8 @@ def test_a_create_applied_but_whose_answer_was_lost_is_not_refused(
     journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The run's first commit landed, its answer did not: the resend sees the run is ours."""
-    lost = _AnswerLost(journal._pool, 1)  # type: ignore[attr-defined]
-    monkeypatch.setattr(journal, "_pool", lost)
+    lost = _AnswerLost(journal, 1)
+    monkeypatch.setattr(journal, "_run_prepared", lost)
     q = ActionQueue(journal=journal, name="cut")
     q.add(Step(0))
     q.add(Step(1))
@@ -417,7 +399,7 @@ def test_a_pool_without_a_free_connection_is_not_waited_for_twice(
     checks: list[int] = []
 
     class Exhausted:
-        def connection(self) -> Any:
+        def getconn(self) -> Any:
             raise psycopg_pool.PoolTimeout("couldn't get a connection after 30.00 sec")
 
         def check(self) -> None:
@@ -428,3 +410,167 @@ def test_a_pool_without_a_free_connection_is_not_waited_for_twice(
         journal.commit("r-1", {}, [("step", 0, {"attempts": 1})], renew=False)
     assert checks == []
     monkeypatch.undo()
+
+
+# -- the queue's statements: prepared, run through libpq, parameters as text ----------
+
+
+def test_parameters_are_written_as_text_or_left_to_psycopg() -> None:
+    """str, int, float and None are written as libpq text; anything else goes to psycopg."""
+    from actionqueues._postgres import _numbered, _texts
+
+    assert _texts([None, "é", 3, -1.5, float("inf"), float("nan"), 10**20]) == [
+        None,
+        "é".encode(),
+        b"3",
+        b"-1.5",
+        b"inf",
+        b"nan",
+        b"100000000000000000000",
+    ]
+    assert _texts([0.1 + 0.2]) == [repr(0.1 + 0.2).encode()]  # every digit kept
+    assert _texts(["a\x00b"]) is None  # libpq would cut it at the NUL
+    assert _texts(["\ud800"]) is None  # not UTF-8: psycopg reports it
+    assert _texts([True]) is None  # a bool is no int to PostgreSQL
+    assert _numbered("SELECT %s, %s") == "SELECT $1, $2"
+    with pytest.raises(ValueError, match="a % that is not a placeholder"):
+        _numbered("SELECT %s LIKE 'a%'")
+
+
+def test_a_value_psycopg_must_adapt_is_written_through_psycopg(journal: Journal) -> None:
+    """A parameter libpq's text format is not used for (a Decimal) is still written exactly."""
+    from decimal import Decimal
+
+    q = ActionQueue(journal=journal)
+    q.add(Step(0))
+    q.execute()
+    run_id = str(q.run_id)
+    journal.commit(run_id, {}, [("step", 0, {"next_retry_at": Decimal("12.5")})], renew=False)
+    assert journal.timeline(run_id).steps[0].next_retry_at == 12.5
+
+
+@register_action("tests.pg.nul")
+@dataclass
+class Nul(Action):
+    def execute(self) -> None:
+        raise ValueError("bad\x00byte")
+
+    def rollback(self) -> None:
+        LEDGER.append(("undo", -1))
+
+
+def test_a_nul_in_a_name_or_an_error_is_recorded_as_backslash_x00(journal: Journal) -> None:
+    """PostgreSQL text cannot hold NUL: it is written as the four characters \\x00."""
+    q = ActionQueue(journal=journal, name="sign\x00up")
+    q.add(Step(0))
+    q.add(Nul())
+    with pytest.raises(ValueError, match="bad"):
+        q.execute()
+    q.rollback()
+    timeline = journal.timeline(str(q.run_id))
+    assert timeline.run.name == "sign\\x00up"
+    assert timeline.run.status == "rolled_back"
+    assert timeline.run.error == timeline.steps[1].error == "ValueError: bad\\x00byte"
+    assert [e.detail for e in timeline.events if e.kind == "failed"] == ["ValueError: bad\\x00byte"]
+
+
+def test_a_big_state_is_sent_whole(journal: Journal) -> None:
+    """A create larger than the socket's buffer is flushed to the end, then read back whole."""
+    q = ActionQueue(journal=journal)
+    q.add(Big("x" * 16_000_000))
+    q.execute()
+    [step] = journal.timeline(str(q.run_id)).steps
+    assert json.loads(step.state) == {"payload": "x" * 16_000_000}
+
+
+def test_a_nul_in_a_state_survives_as_json(journal: Journal) -> None:
+    """A state's NUL is escaped by its JSON (\\u0000), which PostgreSQL stores as text."""
+    q = ActionQueue(journal=journal)
+    q.add(Big("a\x00b"))
+    q.execute()
+    [step] = journal.timeline(str(q.run_id)).steps
+    assert json.loads(step.state) == {"payload": "a\x00b"}
+
+
+@register_action("tests.pg.big")
+@dataclass
+class Big(Action):
+    payload: str
+
+    def execute(self) -> None:
+        pass
+
+    def rollback(self) -> None:  # pragma: no cover - never rolled back
+        pass
+
+
+def _prepared_on(conn: Any) -> list[str]:
+    rows = conn.execute("SELECT name FROM pg_prepared_statements ORDER BY name").fetchall()
+    return [row[0] for row in rows]
+
+
+def test_statements_dropped_by_the_server_are_prepared_again(journal: Journal) -> None:
+    """DEALLOCATE ALL on the journal's connection: the next commit prepares them again."""
+    q = ActionQueue(journal=journal)
+    q.add(Step(0))
+    q.execute()
+    with journal._pool.connection() as conn:  # type: ignore[attr-defined]
+        assert _prepared_on(conn)  # the create's and the commit's
+        conn.execute("DEALLOCATE ALL")
+        assert _prepared_on(conn) == []
+    again = ActionQueue(journal=journal)
+    again.add(Step(1))
+    again.execute()
+    assert journal.timeline(str(again.run_id)).run.status == "succeeded"
+    with journal._pool.connection() as conn:  # type: ignore[attr-defined]
+        assert len(_prepared_on(conn)) == 2
+
+
+def test_statements_dropped_again_at_once_are_an_error(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Something between us and the server dropping every statement: a clear JournalError."""
+    result = journal._result  # type: ignore[attr-defined]
+
+    def dropping(pgconn: Any, expected: int) -> Any:
+        answer = result(pgconn, expected)
+        if expected == 1:  # the PREPARE's answer: drop what it prepared
+            pgconn.exec_(b"DEALLOCATE ALL")
+        return answer
+
+    monkeypatch.setattr(journal, "_result", dropping)
+    q = ActionQueue(journal=journal)
+    q.add(Step(0))
+    with pytest.raises(JournalError, match=r"cannot write to the journal .* does not exist"):
+        q.execute()
+    assert LEDGER == []  # never journaled, never called
+
+
+def test_an_interrupted_statement_closes_its_connection(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while waiting for the server: the connection, mid-statement, is not reused."""
+    import select
+
+    q = ActionQueue(journal=journal)
+    q.add(Step(0))
+    q.execute()
+    lent: list[Any] = []
+    getconn = journal._pool.getconn  # type: ignore[attr-defined]
+
+    def lend() -> Any:
+        lent.append(getconn())
+        return lent[-1]
+
+    def interrupted(*args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(journal._pool, "getconn", lend)  # type: ignore[attr-defined]
+    monkeypatch.setattr(select, "select", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        journal.commit(str(q.run_id), {}, [("step", 0, {"attempts": 5})], renew=False)
+    monkeypatch.undo()
+    assert len(lent) == 1
+    assert lent[0].closed
+    journal.commit(str(q.run_id), {}, [("step", 0, {"attempts": 6})], renew=False)
+    assert journal.timeline(str(q.run_id)).steps[0].attempts == 6
