@@ -444,6 +444,24 @@ def test_a_commit_the_server_refuses_is_a_journal_error(journal: Journal) -> Non
     assert journal.timeline("r-1").steps[0].attempts == 0
 
 
+def test_async_commits_write_a_nul_as_backslash_x00_too(journal: Journal) -> None:
+    """PostgreSQL text cannot hold NUL: the async create and commit write it as \\x00."""
+    run = {"run_id": "r-1", "name": "a\x00b", "kind": "async", "status": "running"}
+    error = "ValueError: x\x00y"
+
+    async def main() -> None:
+        steps = [{"idx": 0, "type": "t", "state": "{}"}]
+        await journal.acreate({**run, "resumable": 0, "steps": 1}, steps, [])
+        ops: list[Any] = [("step", 0, {"error": error}), ("event", None, "failed", error)]
+        await journal.acommit("r-1", {"status": "failed", "error": error}, ops)
+
+    asyncio.run(main())
+    timeline = journal.timeline("r-1")
+    assert timeline.run.name == "a\\x00b"
+    written = "ValueError: x\\x00y"
+    assert timeline.run.error == timeline.steps[0].error == timeline.events[0].detail == written
+
+
 class _DeadPool:
     """An async pool whose every connection is lost."""
 

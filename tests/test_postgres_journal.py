@@ -429,7 +429,7 @@ def test_parameters_are_written_as_text_or_left_to_psycopg() -> None:
         b"100000000000000000000",
     ]
     assert _texts([0.1 + 0.2]) == [repr(0.1 + 0.2).encode()]  # every digit kept
-    assert _texts(["a\x00b"]) is None  # libpq would cut it at the NUL
+    assert _texts(["a\x00b"]) == [b"a\\x00b"]  # libpq would cut it at the NUL
     assert _texts(["\ud800"]) is None  # not UTF-8: psycopg reports it
     assert _texts([True]) is None  # a bool is no int to PostgreSQL
     assert _numbered("SELECT %s, %s") == "SELECT $1, $2"

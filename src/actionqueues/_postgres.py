@@ -142,29 +142,27 @@ def _without_nul(value: _V) -> _V:
 
 
 def _texts(params: Sequence[Any]) -> list[bytes | None] | None:
-    """``params`` in libpq's text format, or None if one needs psycopg's adaptation.
+    r"""``params`` in libpq's text format, or None if one needs psycopg's adaptation.
 
-    Only str, int, float and None are written here; libpq reads a text value up
-    to its first NUL, so a str holding one is left to psycopg, which refuses it
-    (PostgreSQL text cannot hold NUL) instead of storing it cut short.
+    Only str, int, float and None are written here, a str's NULs as ``\x00``
+    (see :func:`_without_nul`: libpq would cut the text at the first one).
     """
     texts: list[bytes | None] = []
+    append = texts.append
     for value in params:
         kind = type(value)
-        if value is None:
-            texts.append(None)
-        elif kind is str:
+        if kind is str:
+            text = value.replace("\x00", "\\x00") if "\x00" in value else value
             try:
-                text = value.encode()
+                append(text.encode())
             except UnicodeEncodeError:  # a lone surrogate: psycopg reports it
                 return None
-            if b"\x00" in text:
-                return None
-            texts.append(text)
-        elif kind is int:
-            texts.append(str(value).encode())
+        elif value is None:
+            append(None)
         elif kind is float:
-            texts.append(repr(value).encode())  # repr round-trips; 'inf' and 'nan' too
+            append(repr(value).encode())  # repr round-trips; 'inf' and 'nan' too
+        elif kind is int:
+            append(b"%d" % value)
         else:
             return None
     return texts
@@ -224,7 +222,7 @@ async def _discard(conn: Any) -> None:
 
 
 class PostgresJournal(SQLJournal):
-    """A journal in a PostgreSQL database; open it with :func:`~actionqueues.open_journal`.
+    r"""A journal in a PostgreSQL database; open it with :func:`~actionqueues.open_journal`.
 
     Every commit is durable when it returns (with the server's default
     ``synchronous_commit=on``). Connections come from a pool shared by the
@@ -234,7 +232,9 @@ class PostgresJournal(SQLJournal):
     written so that sending one twice changes nothing). Only the
     transactions of recovery (a claim) and of the heartbeat cannot be resent
     blindly: one whose connection is lost while committing raises
-    :class:`JournalError` saying that its outcome is unknown.
+    :class:`JournalError` saying that its outcome is unknown. PostgreSQL text
+    cannot hold NUL: one in a run's name, an error or an event's detail is
+    written as the four characters ``\x00``.
 
     Args:
         url: ``postgresql://user[:password]@host[:port]/database``; libpq
@@ -362,6 +362,8 @@ class PostgresJournal(SQLJournal):
         self._writable()
         fault("before_commit")
 
+        params = [_without_nul(v) for v in params]
+
         async def send(resent: bool) -> tuple[Any, bool]:
             async with (await self._apool()).connection() as conn:
                 return await (await conn.execute(sql, params)).fetchone(), resent
@@ -404,7 +406,7 @@ class PostgresJournal(SQLJournal):
         params.append(steps_json)
         params += self._event_params(run_id, now, events)
         sql = self._statements.get(("create", len(events))) or self._create_sql(len(events))
-        return sql, [_without_nul(v) for v in params], run_id
+        return sql, params, run_id
 
     def _check_created(self, found: Any, resent: bool, run_id: str) -> None:
         """Refuse a run the statement did not insert: its id was taken.
@@ -493,6 +495,8 @@ class PostgresJournal(SQLJournal):
 
         sql = self._statements.get(shape) or self._commit_sql(shape)
 
+        params = [_without_nul(v) for v in params]
+
         async def send(resent: bool) -> Any:
             async with (await self._apool()).connection() as conn:
                 return await (await conn.execute(sql, params)).fetchone()
@@ -531,7 +535,7 @@ class PostgresJournal(SQLJournal):
             params += [*columns.values(), run_id, index, self.owner]
         if events:
             params += [*self._event_params(run_id, now, events), self.owner]
-        return shape, [_without_nul(v) for v in params]
+        return shape, params
 
     def _value(self, sql: str, params: Sequence[Any]) -> tuple[str | None]:
         """The one value (as text) of the one row that ``sql`` returns, from a pooled connection.
@@ -550,7 +554,7 @@ class PostgresJournal(SQLJournal):
         conn = self._pool.getconn()
         try:
             if texts is None:
-                row = conn.execute(sql, params).fetchone()
+                row = conn.execute(sql, [_without_nul(v) for v in params]).fetchone()
                 value = None if row is None or row[0] is None else str(row[0])
             else:
                 value = self._run_prepared(conn.pgconn, sql, texts)
@@ -592,11 +596,9 @@ class PostgresJournal(SQLJournal):
         fd = pgconn.socket
         while pgconn.flush():  # what the socket's buffer could not take yet
             select.select([], [fd], [])
-        while True:
-            pgconn.consume_input()
-            if not pgconn.is_busy():
-                break
+        while pgconn.is_busy():  # wait for the socket first: the answer takes a commit's time
             select.select([fd], [], [])
+            pgconn.consume_input()
         result = pgconn.get_result()
         while pgconn.get_result() is not None:  # a statement has one result, then None
             pass  # pragma: no cover - never more than one
