@@ -4,13 +4,18 @@ Three loops of 10-step runs, alternating over ``--rounds`` rounds, on one server
 
 * library: ``ActionQueue(journal=open_journal("postgresql://..."))`` of 10 no-op steps;
 * statements: the very statements the journal sends for such a run (its create, the
-  nine step commits and the success, built by the journal itself), sent directly over
-  one connection: the run's cost without the engine, the recorder or the pool;
-* raw: one committed INSERT per step (``bench_postgres.py``'s limit).
+  nine step commits and the success, built by the journal itself), sent the journal's
+  way (prepared, through libpq directly) over one connection: the run's cost without
+  the engine, the recorder or the pool;
+* raw: one committed INSERT per step through psycopg's ``execute`` (``bench_postgres.py``'s
+  limit);
+* raw libpq: the same INSERTs sent the journal's way (prepared, through libpq directly):
+  what the server allows at one durable commit per step, without psycopg's per-query work.
 
-"statements / raw" is the ceiling of the current commit design (N+1 one-statement
-commits, each updating rows in place); "library / statements" is the client's own
-share. It reads private methods of the journal: a measurement tool, not an API.
+"statements / raw libpq" is the ceiling of the current commit design (N+1
+one-statement commits, each updating rows in place); "library / statements" is the
+client's own share. It reads private methods of the journal: a measurement tool, not
+an API.
 
 Run from the repo root::
 
@@ -33,6 +38,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_journal import _step_type as step_type
+
+from actionqueues._postgres import _texts
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 STEPS = 10
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             sql, params, _ = journal._create_statement(
                 run, rows, [("step", 0, {**start, "started_at": time.time()})]
             )
-            con.execute(sql, params).fetchone()
+            journal._run_prepared(con.pgconn, sql, _texts(params))
             for k in range(1, STEPS + 1):
                 done = {"status": "succeeded", "attempts": 1, "finished_at": time.time()}
                 done |= {"state": f'{{"i": {k - 1}}}', "next_retry_at": None}
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                     outcome = {"status": "succeeded", "finished_at": time.time()}
                 shape, params = journal._commit_statement(run_id, outcome, ops, bool(outcome))
                 sql = journal._statements.get(shape) or journal._commit_sql(shape)
-                con.execute(sql, params).fetchone()
+                journal._run_prepared(con.pgconn, sql, _texts(params))
 
     def raw(runs: int) -> None:
         for run in range(runs):
@@ -100,22 +107,34 @@ def main(argv: list[str] | None = None) -> int:
                     (run, i, f'{{"i": {i}}}', time.time()),
                 )
 
+    insert = "INSERT INTO raw (run, step, state, at) VALUES (%s, %s, %s, %s) RETURNING id"
+
+    def raw_libpq(runs: int) -> None:
+        for run in range(runs):
+            for i in range(STEPS):
+                params = (run, i, f'{{"i": {i}}}', time.time())
+                journal._run_prepared(con.pgconn, insert, _texts(params))
+
     loops: dict[str, Callable[[int], None]] = {
         "library": library,
         "statements": statements,
         "raw": raw,
+        "raw libpq": raw_libpq,
     }
     samples: dict[str, list[float]] = {name: [] for name in loops}
+    cpus: dict[str, list[float]] = {}
     try:
         for loop in loops.values():
             loop(10)  # warm-up: connections, prepared statements
         for round_no in range(args.rounds):
             names = list(loops)
-            names = names[round_no % 3 :] + names[: round_no % 3]
+            names = names[round_no % len(names) :] + names[: round_no % len(names)]
             for name in names:
                 began = time.perf_counter()
+                cpu = time.process_time()
                 loops[name](args.runs)
                 samples[name].append(args.runs * STEPS / (time.perf_counter() - began))
+                cpus.setdefault(name, []).append((time.process_time() - cpu) / args.runs / STEPS)
     finally:
         journal.close()
         con.execute(f'DROP SCHEMA "{schema}" CASCADE')
@@ -126,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         median = statistics.median(values)
         print(
             f"  {name:10s} median {median:7,.0f} (min {min(values):7,.0f}, max "
-            f"{max(values):7,.0f})  {median / raw_median:.2f}x raw"
+            f"{max(values):7,.0f})  {median / raw_median:.2f}x raw, client CPU "
+            f"{statistics.median(cpus[name]) * 1e6:4.0f} us/step"
         )
     return 0
 

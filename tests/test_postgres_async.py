@@ -104,7 +104,7 @@ def test_the_loop_runs_other_tasks_while_a_commit_waits_for_the_server(
 ) -> None:
     """A commit blocked on the server (a row lock) lets another task run meanwhile.
 
-    Another session locks the run's row, so step 1's start commit waits on the
+    Another session locks the run's step rows, so step 1's start commit waits on the
     server; a task of the same loop sees it waiting there, then releases the
     lock. A commit that blocked the loop would finish only when the server
     ends the locker's session (5 s), and step 1 would run before that task.
@@ -155,8 +155,8 @@ def test_a_task_cancelled_during_a_commit_gets_it_done_first(journal: Journal) -
 
 @register_action("tests.pg_async.lock_the_run")
 class LockTheRun:
-    """Step 0: lock the run's row in another session; a task releases it once the
-    journal's next commit waits for it (cancelling ``cancel`` first, if set)."""
+    """Step 0: lock the run's step rows in another session; a task releases them once
+    the journal's next commit waits for them (cancelling ``cancel`` first, if set)."""
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
@@ -175,7 +175,7 @@ class LockTheRun:
         schema = self.journal.url.rsplit("schema=", 1)[1]
         locker = psycopg.connect(_pgtest.URL)
         locker.execute("SET idle_in_transaction_session_timeout = '5s'")
-        locker.execute(f"SELECT 1 FROM {schema}.aq_runs WHERE run_id = %s FOR UPDATE", (run_id,))
+        locker.execute(f"SELECT 1 FROM {schema}.aq_steps WHERE run_id = %s FOR UPDATE", (run_id,))
         ORDER.append("locked")
         name = f"actionqueues {self.journal.owner}"[:63]
 
@@ -552,3 +552,18 @@ def test_the_loops_connections_are_lent_reused_and_closed() -> None:
         assert all(conn.closed for conn in made)
 
     asyncio.run(main())
+
+
+def test_an_async_commit_aborted_by_a_deadlock_is_sent_again(journal: Journal) -> None:
+    """A deadlock with a claim aborts the statement whole: it is sent again, as a sync one."""
+    attempts: list[bool] = []
+
+    async def attempt(resent: bool) -> str:
+        attempts.append(resent)
+        if not resent:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return "written"
+
+    pg: Any = journal
+    assert asyncio.run(pg._atwice(attempt, "cannot write to the journal")) == "written"
+    assert attempts == [False, True]

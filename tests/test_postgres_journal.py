@@ -24,6 +24,7 @@ from actionqueues import (
     ActionQueue,
     Journal,
     JournalError,
+    LeaseLost,
     RetryPolicy,
     open_journal,
     recover,
@@ -282,18 +283,66 @@ def test_processes_opening_a_new_schema_at_once_migrate_it_once(url: str) -> Non
     assert errors == []
     schema = url.rsplit("schema=", 1)[1]
     with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
-        versions = admin.execute(f'SELECT version FROM "{schema}".aq_schema_version').fetchall()
-    assert versions == [(1,), (2,)]
+        versions = admin.execute(
+            f'SELECT version FROM "{schema}".aq_schema_version ORDER BY version'
+        ).fetchall()
+    assert versions == [(1,), (2,), (3,)]
+
+
+def _back_to_version_2(admin: psycopg.Connection[Any], schema: str) -> None:
+    """Undo migration 3 (the step rows' owner and its trigger)."""
+    admin.execute(f'DROP TRIGGER aq_steps_follow_owner ON "{schema}".aq_runs')
+    admin.execute(f'DROP FUNCTION "{schema}".aq_steps_follow_owner()')
+    admin.execute(f'ALTER TABLE "{schema}".aq_steps DROP COLUMN owner')
+    admin.execute(f'DELETE FROM "{schema}".aq_schema_version WHERE version = 3')
+
+
+def _step_owners(schema: str, run_id: str) -> list[str | None]:
+    with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
+        rows = admin.execute(
+            f'SELECT owner FROM "{schema}".aq_steps WHERE run_id = %s ORDER BY idx', (run_id,)
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_a_version_2_journal_is_migrated_and_its_runs_stay_fenced(url: str) -> None:
+    """Schema 2 (no owner on step rows): migration 3 copies each run's owner to its steps,
+    and from then on a claim moves them, so the old owner's step commits are refused."""
+    schema = url.rsplit("schema=", 1)[1]
+    first = open_journal(url, heartbeat=False, owner="first", lease=30)
+    q = ActionQueue(journal=first)
+    q.add(Step(0))
+    q.add(Step(1))
+    q.execute()
+    run = {"run_id": "r-1", "name": "a", "kind": "sync", "status": "running", "resumable": 0}
+    first.create({**run, "steps": 2}, [{"idx": i, "type": "t", "state": "{}"} for i in (0, 1)], [])
+    with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
+        _back_to_version_2(admin, schema)
+    clock = FakeClock(time.time() + 60)  # after first's lease
+    with open_journal(url, heartbeat=False, owner="second", clock=clock) as second:
+        assert _step_owners(schema, "r-1") == ["first", "first"]  # copied by the migration
+        assert _step_owners(schema, str(q.run_id)) == ["first", "first"]
+        claimed = second.claim("r-1")
+        assert claimed is not None
+        assert _step_owners(schema, "r-1") == ["second", "second"]  # moved by the claim
+        with pytest.raises(LeaseLost):
+            first.commit("r-1", {}, [("step", 0, {"attempts": 7})], renew=False)
+        assert second.timeline("r-1").steps[0].attempts == 0
+        second.release("r-1")
+        assert _step_owners(schema, "r-1") == [None, None]
+    first.close()
 
 
 def test_a_version_1_journal_is_migrated_when_opened(url: str) -> None:
-    """Schema 1 (no commit ids on events) is migrated to 2 by the next process to open it."""
+    """Schema 1 (no commit ids on events) is migrated by the next process to open it."""
     with open_journal(url, heartbeat=False) as journal:
         q = ActionQueue(journal=journal)
         q.add(Step(0))
         q.execute()
     schema = url.rsplit("schema=", 1)[1]
+    assert q.journal is not None
     with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
+        _back_to_version_2(admin, schema)
         admin.execute(f'DROP INDEX "{schema}".aq_events_once')
         admin.execute(
             f'ALTER TABLE "{schema}".aq_events DROP COLUMN commit_id, DROP COLUMN commit_seq'
@@ -310,8 +359,9 @@ def test_a_version_1_journal_is_migrated_when_opened(url: str) -> None:
             "WHERE table_schema = %s AND table_name = 'aq_events'",
             (schema,),
         ).fetchall()
-    assert versions == [(1,), (2,)]
+    assert versions == [(1,), (2,), (3,)]
     assert {("commit_id",), ("commit_seq",)} <= set(columns)
+    assert _step_owners(schema, str(q.run_id)) == [q.journal.owner]  # copied from the run
 
 
 def test_a_journal_written_by_a_newer_version_is_refused_and_left_alone(url: str) -> None:
@@ -574,3 +624,101 @@ def test_an_interrupted_statement_closes_its_connection(
     assert lent[0].closed
     journal.commit(str(q.run_id), {}, [("step", 0, {"attempts": 6})], renew=False)
     assert journal.timeline(str(q.run_id)).steps[0].attempts == 6
+
+
+# -- the step commits' fence: the owner on the step rows -------------------------------
+
+
+def test_a_step_commit_meeting_a_claim_in_flight_waits_then_writes_nothing(url: str) -> None:
+    """A claim moves the step rows' owner (by trigger) in its transaction; the old owner's
+    step commit, which no longer locks the run's row, waits for those rows, then finds
+    them another owner's: LeaseLost, and the claim's view of the steps is what stays."""
+    schema = url.rsplit("schema=", 1)[1]
+    first = open_journal(url, heartbeat=False, owner="first")
+    run = {"run_id": "r-1", "name": "a", "kind": "sync", "status": "running", "resumable": 0}
+    steps = [{"idx": i, "type": "t", "state": "{}"} for i in (0, 1)]
+    first.create({**run, "steps": 2}, steps, [("step", 0, {"status": "running", "attempts": 1})])
+    claim = psycopg.connect(_pgtest.URL)  # a claim's transaction, not committed yet
+    claim.execute(f'UPDATE "{schema}".aq_runs SET owner = %s WHERE run_id = %s', ("b", "r-1"))
+    outcome: list[BaseException | None] = []
+
+    def step_commit() -> None:
+        ops: list[Any] = [
+            ("step", 0, {"status": "succeeded", "attempts": 1}),
+            ("step", 1, {"status": "running", "attempts": 1}),
+        ]
+        try:
+            first.commit("r-1", {}, ops, renew=False)
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    committer = threading.Thread(target=step_commit)
+    committer.start()
+    name = f"actionqueues {first.owner}"[:63]
+    with psycopg.connect(_pgtest.URL, autocommit=True) as watcher:
+        for _ in range(10_000):  # each look is a query: about a second in all
+            row = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = %s AND wait_event_type = 'Lock'",
+                (name,),
+            ).fetchone()
+            if row and row[0]:
+                break
+        else:
+            raise AssertionError("the step commit never waited for the claim")
+    assert outcome == []  # still waiting
+    claim.commit()
+    claim.close()
+    committer.join(timeout=30)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], LeaseLost)
+    timeline = first.timeline("r-1")
+    assert timeline.run.owner == "b"
+    assert [(s.status, s.attempts) for s in timeline.steps] == [("running", 1), ("pending", 0)]
+    assert _step_owners(schema, "r-1") == ["b", "b"]
+    first.close()
+
+
+def test_a_step_commit_for_a_step_that_is_not_there_is_not_a_lost_lease(journal: Journal) -> None:
+    """Fewer rows updated than sent, the run still ours: the missing step is skipped."""
+    run = {"run_id": "r-1", "name": "a", "kind": "sync", "status": "running", "resumable": 0}
+    journal.create({**run, "steps": 1}, [{"idx": 0, "type": "t", "state": "{}"}], [])
+    ops: list[Any] = [("step", 0, {"attempts": 2}), ("step", 5, {"attempts": 1})]
+    journal.commit("r-1", {}, ops, renew=False)
+    assert [s.attempts for s in journal.timeline("r-1").steps] == [2]
+    with pytest.raises(JournalError, match="no run r-2 in the journal"):
+        journal.commit("r-2", {}, ops, renew=False)
+
+
+def test_a_deadlock_with_a_claim_is_resolved_by_sending_again(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step commit and a claim may lock the same step rows in opposite orders: the
+    server aborts one of them whole, and that one is simply sent again."""
+    sent: list[str] = []
+    run = journal._run_prepared  # type: ignore[attr-defined]
+
+    def deadlocking_once(*args: Any) -> Any:
+        sent.append("statement")
+        if len(sent) == 1:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return run(*args)
+
+    monkeypatch.setattr(journal, "_run_prepared", deadlocking_once)
+    q = ActionQueue(journal=journal)
+    q.add(Step(0))
+    q.execute()
+    assert journal.timeline(str(q.run_id)).run.status == "succeeded"
+    assert len(sent) == 3  # the create twice, then the success
+    claims: list[str] = []
+
+    def claim_body(cur: Any) -> str:
+        claims.append("claim")
+        if len(claims) == 1:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return "claimed"
+
+    assert journal._run_write(claim_body) == "claimed"  # type: ignore[attr-defined]
+    assert claims == ["claim", "claim"]

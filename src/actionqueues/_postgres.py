@@ -122,6 +122,12 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+def _fenced_by_steps(shape: tuple[Any, ...]) -> bool:
+    """A commit of step columns only (no run column, no lease, no event)."""
+    run_keys, step_keys, events = shape
+    return run_keys is None and bool(step_keys) and not events
+
+
 def _numbered(sql: str) -> str:
     """``sql`` with its ``%s`` placeholders numbered as libpq takes them: ``$1``, ``$2``..."""
     parts = sql.split("%s")
@@ -330,6 +336,23 @@ class PostgresJournal(SQLJournal):
             self._pool.close()
             raise
 
+    def _owner_trigger(self) -> tuple[str, ...]:
+        """The trigger giving a run's step rows its new owner (PostgreSQL's dialect).
+
+        Its names are schema-qualified: it works whatever the search_path of the
+        session that changes the owner.
+        """
+        t, schema = self.prefix, f'"{self.schema}"'
+        return (
+            f"CREATE FUNCTION {schema}.{t}steps_follow_owner() RETURNS trigger "
+            f"LANGUAGE plpgsql AS $$ BEGIN "
+            f"UPDATE {schema}.{t}steps SET owner = NEW.owner WHERE run_id = NEW.run_id; "
+            f"RETURN NULL; END $$",
+            f"CREATE TRIGGER {t}steps_follow_owner AFTER UPDATE OF owner ON {schema}.{t}runs "
+            f"FOR EACH ROW WHEN (OLD.owner IS DISTINCT FROM NEW.owner) "
+            f"EXECUTE FUNCTION {schema}.{t}steps_follow_owner()",
+        )
+
     def _create_schema(self, cur: Any) -> None:
         self._lock_schema(cur)  # two processes creating it at once would collide
         cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
@@ -424,9 +447,9 @@ class PostgresJournal(SQLJournal):
         sql = (
             f"WITH r AS (INSERT INTO {t}runs ({', '.join(RUN_STORED)}) "
             f"VALUES ({', '.join(['%s'] * len(RUN_STORED))}) "
-            f"ON CONFLICT (run_id) DO NOTHING RETURNING run_id), "
-            f"s AS (INSERT INTO {t}steps (run_id, {', '.join(_STEP_INSERT)}) "
-            f"SELECT r.run_id, u.* FROM r, jsonb_to_recordset(%s::jsonb) AS u({record}))"
+            f"ON CONFLICT (run_id) DO NOTHING RETURNING run_id, owner), "
+            f"s AS (INSERT INTO {t}steps (run_id, owner, {', '.join(_STEP_INSERT)}) "
+            f"SELECT r.run_id, r.owner, u.* FROM r, jsonb_to_recordset(%s::jsonb) AS u({record}))"
             + self._events_sql(events, "EXISTS (SELECT 1 FROM r)")
             + " SELECT (SELECT run_id FROM r)"
         )
@@ -482,7 +505,7 @@ class PostgresJournal(SQLJournal):
         def send(resent: bool) -> Any:
             return self._value(sql, params)
 
-        self._check_committed(self._twice(send, "cannot write to the journal"), run_id)
+        self._check_committed(self._twice(send, "cannot write to the journal"), run_id, shape)
         fault("after_commit")
 
     async def acommit(
@@ -502,7 +525,7 @@ class PostgresJournal(SQLJournal):
                 return await (await conn.execute(sql, params)).fetchone()
 
         row = await self._atwice(send, "cannot write to the journal")
-        self._check_committed(row, run_id)  # its read (a lost lease only) blocks: an error path
+        self._check_committed(row, run_id, shape)  # its rare read blocks: an error path
         fault("after_commit")
 
     def _commit_statement(
@@ -529,6 +552,8 @@ class PostgresJournal(SQLJournal):
             # A finished run keeps no lease: a retry of its rollback may claim it at once.
             lease = 0.0 if run.get("status") in TERMINAL else now + self.lease
             params = [*run.values(), lease, now, run_id, self.owner]
+        elif _fenced_by_steps(shape):
+            params = []
         else:
             params = [run_id]
         for index, columns in merged.items():
@@ -619,11 +644,24 @@ class PostgresJournal(SQLJournal):
         """The statements prepared on each connection (by its libpq handle)."""
         return weakref.WeakKeyDictionary()
 
-    def _check_committed(self, row: Any, run_id: str) -> None:
-        """The statement returns the run's owner: anyone else's, or none, wrote nothing."""
-        owner = None if row is None else row[0]
+    def _check_committed(self, row: Any, run_id: str, shape: tuple[Any, ...]) -> None:
+        """Raise if the statement wrote nothing because this owner no longer holds the run.
+
+        A statement fenced by the run's row returns the run's owner: anyone else's,
+        or none, wrote nothing. One fenced by its step rows (see :meth:`_commit_sql`)
+        returns how many it updated: fewer than its steps means another owner holds
+        them, or that a step is not there (then the run is still ours, as the UPDATE
+        of a missing step writes nothing on SQLite either).
+        """
+        value = None if row is None else row[0]
+        if _fenced_by_steps(shape):
+            if value is not None and int(value) == len(shape[1]):
+                return
+            owner = self._owner_of(run_id)
+        else:
+            owner = value
         if owner != self.owner:
-            if self._owner_of(run_id) is _MISSING:
+            if owner is _MISSING or self._owner_of(run_id) is _MISSING:
                 raise JournalError(f"no run {run_id} in the journal {self.url}", self.url)
             raise LeaseLost(run_id, self.owner, self.url)
 
@@ -639,6 +677,24 @@ class PostgresJournal(SQLJournal):
         """
         t = self.prefix
         run_keys, step_keys, events = key
+        if _fenced_by_steps(key):
+            # The hot path (a step's result and the next one's start): each UPDATE
+            # checks the owner its step row carries, so the run's row is not locked.
+            # A claim changes that owner (by trigger) in the claim's transaction: an
+            # UPDATE that meets the claim's change waits for it, then finds the row
+            # no longer ours and writes nothing.
+            parts = []
+            for n, keys in enumerate(step_keys):
+                check_columns(keys, UPDATABLE_STEP, "step")
+                sets = ", ".join(f"{k} = %s" for k in keys)
+                parts.append(
+                    f"s{n} AS (UPDATE {t}steps SET {sets} WHERE run_id = %s AND idx = %s "
+                    f"AND owner = %s RETURNING 1)"
+                )
+            counts = " + ".join(f"(SELECT count(*) FROM s{n})" for n in range(len(step_keys)))
+            sql = f"WITH {', '.join(parts)} SELECT {counts}"
+            self._statements[key] = sql
+            return sql
         if run_keys is None:
             parts = [f"WITH r AS (SELECT owner FROM {t}runs WHERE run_id = %s FOR SHARE)"]
         else:
@@ -711,6 +767,10 @@ class PostgresJournal(SQLJournal):
                             self._pool.check()  # drop the pool's other dead connections
                             continue  # lost before COMMIT: nothing was applied; a new connection
                         raise
+                    except psycopg.errors.DeadlockDetected:
+                        if attempt == 1:  # (a claim meeting a step commit) rolled back whole
+                            continue
+                        raise
             except psycopg.OperationalError as exc:
                 if committing:
                     raise JournalError(
@@ -742,6 +802,8 @@ class PostgresJournal(SQLJournal):
             raise self._fail(what, exc) from exc
         except psycopg.OperationalError:
             self._pool.check()  # drop the pool's other dead connections
+        except psycopg.errors.DeadlockDetected:
+            pass  # with a claim changing the run's owner: rolled back whole, sent again
         except psycopg.Error as exc:
             raise self._fail(what, exc) from exc
         try:
@@ -756,6 +818,8 @@ class PostgresJournal(SQLJournal):
             return await attempt(False)
         except psycopg.OperationalError:
             await (await self._apool()).check()  # drop the pool's other dead connections
+        except psycopg.errors.DeadlockDetected:
+            pass  # with a claim changing the run's owner: rolled back whole, sent again
         except psycopg.Error as exc:
             raise self._fail(what, exc) from exc
         try:

@@ -91,6 +91,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE {t}events ADD COLUMN commit_seq INTEGER",
         "CREATE UNIQUE INDEX {t}events_once ON {t}events (run_id, commit_id, commit_seq)",
     ),
+    # Each step row carries its run's owner, kept equal to the run's by a trigger
+    # ("{owner_trigger}": the backend's statements), in the same transaction as any
+    # change of owner (a claim, a release). PostgreSQL's step commits check it on the
+    # rows they update: a fence that needs no lock on the run's row.
+    3: (
+        "ALTER TABLE {t}steps ADD COLUMN owner TEXT",
+        "UPDATE {t}steps SET owner = "
+        "(SELECT r.owner FROM {t}runs r WHERE r.run_id = {t}steps.run_id)",
+        "{owner_trigger}",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 TERMINAL = TERMINAL_STATUSES
@@ -306,6 +316,10 @@ class SQLJournal(Journal):
         for version in sorted(MIGRATIONS):
             if version > since:
                 for statement in MIGRATIONS[version]:
+                    if statement == "{owner_trigger}":
+                        for part in self._owner_trigger():
+                            yield version, part
+                        continue
                     yield (
                         version,
                         statement.format(
@@ -315,6 +329,15 @@ class SQLJournal(Journal):
                             updated=self.updated_table_options,
                         ),
                     )
+
+    def _owner_trigger(self) -> tuple[str, ...]:
+        """The trigger that gives a run's step rows its new owner (SQLite's dialect)."""
+        t = self.prefix
+        return (
+            f"CREATE TRIGGER {t}steps_follow_owner AFTER UPDATE OF owner ON {t}runs "
+            f"FOR EACH ROW WHEN OLD.owner IS NOT NEW.owner "
+            f"BEGIN UPDATE {t}steps SET owner = NEW.owner WHERE run_id = NEW.run_id; END",
+        )
 
     def _newer_schema(self, found: int) -> JournalError:
         return JournalError(
@@ -346,10 +369,13 @@ class SQLJournal(Journal):
             cur.executemany(
                 self._sql(
                     "insert_step",
-                    "INSERT INTO {t}steps (run_id, idx, type, state, policies, status) "
-                    "VALUES (?, ?, ?, ?, ?, 'pending')",
+                    "INSERT INTO {t}steps (run_id, idx, type, state, policies, status, owner) "
+                    "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
                 ),
-                [(run_id, s["idx"], s["type"], s["state"], s.get("policies")) for s in steps],
+                [
+                    (run_id, s["idx"], s["type"], s["state"], s.get("policies"), self.owner)
+                    for s in steps
+                ],
             )
             self._apply(cur, run_id, ops, now)
             fault("before_commit")

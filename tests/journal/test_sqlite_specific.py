@@ -204,6 +204,7 @@ def test_a_journal_of_a_newer_schema_is_refused_and_left_untouched(tmp_path: Pat
     assert rows(target, "SELECT version FROM aq_schema_version ORDER BY version") == [
         (1,),
         (2,),
+        (3,),
         (99,),
     ]
     assert rows(target, "SELECT run_id FROM aq_runs") == [(run_id,)]
@@ -213,7 +214,7 @@ def test_a_journal_of_a_newer_schema_is_refused_and_left_untouched(tmp_path: Pat
 
 
 def test_a_new_journal_records_its_format_and_schema_version(tmp_path: Path) -> None:
-    """A new file gets aq_meta(format), aq_schema_version (1 and 2, applied_at), the tables."""
+    """A new file gets aq_meta(format), aq_schema_version (1 to 3, applied_at), the tables."""
     target = tmp_path / "runs.db"
     with opened(target, clock=FakeClock(START)):
         pass
@@ -221,6 +222,7 @@ def test_a_new_journal_records_its_format_and_schema_version(tmp_path: Path) -> 
     assert rows(target, "SELECT version, applied_at FROM aq_schema_version") == [
         (1, START),
         (2, START),
+        (3, START),
     ]
     tables = {r[0] for r in rows(target, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"aq_meta", "aq_schema_version", "aq_runs", "aq_steps", "aq_events"} <= tables
@@ -229,6 +231,7 @@ def test_a_new_journal_records_its_format_and_schema_version(tmp_path: Path) -> 
     assert rows(target, "SELECT version, applied_at FROM aq_schema_version") == [
         (1, START),
         (2, START),
+        (3, START),
     ]
 
 
@@ -238,6 +241,9 @@ def test_a_version_1_journal_is_migrated_when_opened_for_writing(tmp_path: Path)
     with opened(target, clock=FakeClock(START)) as journal:
         run_id = one_run(journal)
     conn = raw(target)  # back to what version 1 created
+    conn.execute("DROP TRIGGER aq_steps_follow_owner")
+    conn.execute("ALTER TABLE aq_steps DROP COLUMN owner")
+    conn.execute("DELETE FROM aq_schema_version WHERE version = 3")
     conn.execute("DROP INDEX aq_events_once")
     conn.execute("ALTER TABLE aq_events DROP COLUMN commit_seq")
     conn.execute("ALTER TABLE aq_events DROP COLUMN commit_id")
@@ -251,9 +257,11 @@ def test_a_version_1_journal_is_migrated_when_opened_for_writing(tmp_path: Path)
     assert rows(target, "SELECT version, applied_at FROM aq_schema_version") == [
         (1, START),
         (2, START + 100),
+        (3, START + 100),
     ]
     columns = {r[1] for r in rows(target, "PRAGMA table_info(aq_events)")}
     assert {"commit_id", "commit_seq"} <= columns
+    assert "owner" in {r[1] for r in rows(target, "PRAGMA table_info(aq_steps)")}
 
 
 def test_the_journal_uses_wal_and_synchronous_full(tmp_path: Path) -> None:
