@@ -10,7 +10,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -495,8 +495,10 @@ def test_a_value_psycopg_must_adapt_is_written_through_psycopg(journal: Journal)
     q.add(Step(0))
     q.execute()
     run_id = str(q.run_id)
-    journal.commit(run_id, {}, [("step", 0, {"next_retry_at": Decimal("12.5")})], renew=False)
-    assert journal.timeline(run_id).steps[0].next_retry_at == 12.5
+    columns = {"next_retry_at": Decimal("12.5"), "error": "a\x00b"}
+    journal.commit(run_id, {}, [("step", 0, columns)], renew=False)
+    step = journal.timeline(run_id).steps[0]
+    assert (step.next_retry_at, step.error) == (12.5, "a\\x00b")  # its NUL escaped too
 
 
 @register_action("tests.pg.nul")
@@ -582,8 +584,8 @@ def test_statements_dropped_again_at_once_are_an_error(
     """Something between us and the server dropping every statement: a clear JournalError."""
     result = journal._result  # type: ignore[attr-defined]
 
-    def dropping(pgconn: Any, expected: int) -> Any:
-        answer = result(pgconn, expected)
+    def dropping(pgconn: Any, expected: int) -> Generator[int, None, Any]:
+        answer = yield from result(pgconn, expected)
         if expected == 1:  # the PREPARE's answer: drop what it prepared
             pgconn.exec_(b"DEALLOCATE ALL")
         return answer

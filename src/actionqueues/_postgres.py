@@ -27,6 +27,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Generator,
     Iterator,
     Sequence,
 )
@@ -58,6 +59,7 @@ _MISSING = object()
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open on the connection
 _TUPLES_OK = 2  # psycopg.pq.ExecStatus.TUPLES_OK: a statement's rows
 _COMMAND_OK = 1  # psycopg.pq.ExecStatus.COMMAND_OK: a statement without rows (PREPARE)
+_READABLE, _WRITABLE = 0, 1  # what a statement waits for on its socket
 #: The step columns a one-statement create inserts (after run_id), with their types.
 _STEP_TYPES = {
     "idx": "integer",
@@ -172,6 +174,28 @@ def _texts(params: Sequence[Any]) -> list[bytes | None] | None:
         else:
             return None
     return texts
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, wait: int) -> None:
+    """Return once ``fd`` is readable (``_READABLE``) or writable (``_WRITABLE``)."""
+    ready = loop.create_future()
+
+    def wake() -> None:
+        with contextlib.suppress(asyncio.InvalidStateError):  # called again before we resume
+            ready.set_result(None)
+
+    if wait == _READABLE:
+        loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+    else:
+        loop.add_writer(fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_writer(fd)
 
 
 class _AsyncConnections:
@@ -385,11 +409,8 @@ class PostgresJournal(SQLJournal):
         self._writable()
         fault("before_commit")
 
-        params = [_without_nul(v) for v in params]
-
         async def send(resent: bool) -> tuple[Any, bool]:
-            async with (await self._apool()).connection() as conn:
-                return await (await conn.execute(sql, params)).fetchone(), resent
+            return await self._avalue(sql, params), resent
 
         found, resent = await self._atwice(send, "cannot write to the journal")
         self._check_created(found, resent, run_id)  # its rare read blocks: an error path
@@ -518,11 +539,8 @@ class PostgresJournal(SQLJournal):
 
         sql = self._statements.get(shape) or self._commit_sql(shape)
 
-        params = [_without_nul(v) for v in params]
-
         async def send(resent: bool) -> Any:
-            async with (await self._apool()).connection() as conn:
-                return await (await conn.execute(sql, params)).fetchone()
+            return await self._avalue(sql, params)
 
         row = await self._atwice(send, "cannot write to the journal")
         self._check_committed(row, run_id, shape)  # its rare read blocks: an error path
@@ -590,10 +608,59 @@ class PostgresJournal(SQLJournal):
             self._pool.putconn(conn)
         return (value,)
 
-    def _run_prepared(
+    async def _avalue(self, sql: str, params: Sequence[Any]) -> tuple[str | None]:
+        """:meth:`_value` over this event loop's async connections."""
+        texts = _texts(params)
+        async with (await self._apool()).connection() as conn:
+            if texts is None:
+                cursor = await conn.execute(sql, [_without_nul(v) for v in params])
+                row = await cursor.fetchone()
+                value = None if row is None or row[0] is None else str(row[0])
+            else:
+                value = await self._arun_prepared(conn.pgconn, sql, texts)
+        return (value,)
+
+    def _run_prepared(self, pgconn: Any, sql: str, texts: list[bytes | None]) -> str | None:
+        """:meth:`_statement`, waiting on the socket with ``select()``."""
+        steps = self._statement(pgconn, sql, texts)
+        fd = pgconn.socket
+        try:
+            wait = next(steps)
+            while True:
+                if wait == _READABLE:
+                    select.select([fd], [], [])
+                else:
+                    select.select([], [fd], [])
+                wait = next(steps)
+        except StopIteration as done:
+            value: str | None = done.value
+            return value
+
+    async def _arun_prepared(self, pgconn: Any, sql: str, texts: list[bytes | None]) -> str | None:
+        """:meth:`_statement`, waiting on the socket with the running event loop."""
+        loop = asyncio.get_running_loop()
+        steps = self._statement(pgconn, sql, texts)
+        fd = pgconn.socket
+        try:
+            wait = next(steps)
+            while True:
+                await _ready(loop, fd, wait)
+                wait = next(steps)
+        except StopIteration as done:
+            value: str | None = done.value
+            return value
+        finally:
+            steps.close()  # interrupted while waiting: the connection is discarded
+
+    def _statement(
         self, pgconn: Any, sql: str, texts: list[bytes | None], *, again: bool = False
-    ) -> str | None:
-        """Run ``sql`` on ``pgconn`` as a prepared statement (prepared on its first use there)."""
+    ) -> Generator[int, None, str | None]:
+        """Run ``sql`` on ``pgconn`` as a prepared statement (prepared on its first use there).
+
+        A generator that yields what it waits for on the connection's socket
+        (``_READABLE`` or ``_WRITABLE``) and returns the statement's one value,
+        so that the blocking and the async drivers share it.
+        """
         name = self._names.get(sql)
         if name is None:
             with self._apools_guard:
@@ -603,26 +670,25 @@ class PostgresJournal(SQLJournal):
             prepared = self._prepared.setdefault(pgconn, set())
         if name not in prepared:
             pgconn.send_prepare(name, _numbered(sql).encode())
-            self._result(pgconn, _COMMAND_OK)
+            yield from self._result(pgconn, _COMMAND_OK)
             prepared.add(name)
         pgconn.send_query_prepared(name, texts)
         try:
-            result = self._result(pgconn, _TUPLES_OK)
+            result = yield from self._result(pgconn, _TUPLES_OK)
         except self._psycopg.errors.InvalidSqlStatementName:
             if again:  # gone again at once: something drops them (a pooler in between)
                 raise
             prepared.clear()  # dropped behind our back (DEALLOCATE ALL): prepare again, once
-            return self._run_prepared(pgconn, sql, texts, again=True)
+            return (yield from self._statement(pgconn, sql, texts, again=True))
         value = result.get_value(0, 0) if result.ntuples else None
         return None if value is None else bytes(value).decode()
 
-    def _result(self, pgconn: Any, expected: int) -> Any:
-        """Wait for the statement sent on ``pgconn`` and return its result, or raise its error."""
-        fd = pgconn.socket
+    def _result(self, pgconn: Any, expected: int) -> Generator[int, None, Any]:
+        """Wait for the statement sent on ``pgconn``; return its result, or raise its error."""
         while pgconn.flush():  # what the socket's buffer could not take yet
-            select.select([], [fd], [])
+            yield _WRITABLE
         while pgconn.is_busy():  # wait for the socket first: the answer takes a commit's time
-            select.select([fd], [], [])
+            yield _READABLE
             pgconn.consume_input()
         result = pgconn.get_result()
         while pgconn.get_result() is not None:  # a statement has one result, then None
