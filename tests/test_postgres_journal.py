@@ -566,16 +566,16 @@ def test_statements_dropped_by_the_server_are_prepared_again(journal: Journal) -
     q = ActionQueue(journal=journal)
     q.add(Step(0))
     q.execute()
-    with journal._pool.connection() as conn:  # type: ignore[attr-defined]
-        assert _prepared_on(conn)  # the create's and the commit's
-        conn.execute("DEALLOCATE ALL")
-        assert _prepared_on(conn) == []
+    [conn] = journal._spare  # type: ignore[attr-defined]  # the one the statements used
+    assert len(_prepared_on(conn)) == 2  # the create's and the success's
+    conn.execute("DEALLOCATE ALL")
+    assert _prepared_on(conn) == []
     again = ActionQueue(journal=journal)
     again.add(Step(1))
     again.execute()
     assert journal.timeline(str(again.run_id)).run.status == "succeeded"
-    with journal._pool.connection() as conn:  # type: ignore[attr-defined]
-        assert len(_prepared_on(conn)) == 2
+    assert journal._spare == [conn]  # type: ignore[attr-defined]
+    assert len(_prepared_on(conn)) == 2
 
 
 def test_statements_dropped_again_at_once_are_an_error(
@@ -607,23 +607,17 @@ def test_an_interrupted_statement_closes_its_connection(
     q = ActionQueue(journal=journal)
     q.add(Step(0))
     q.execute()
-    lent: list[Any] = []
-    getconn = journal._pool.getconn  # type: ignore[attr-defined]
-
-    def lend() -> Any:
-        lent.append(getconn())
-        return lent[-1]
+    [conn] = journal._spare  # type: ignore[attr-defined]  # the next statement's
 
     def interrupted(*args: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(journal._pool, "getconn", lend)  # type: ignore[attr-defined]
     monkeypatch.setattr(select, "select", interrupted)
     with pytest.raises(KeyboardInterrupt):
         journal.commit(str(q.run_id), {}, [("step", 0, {"attempts": 5})], renew=False)
     monkeypatch.undo()
-    assert len(lent) == 1
-    assert lent[0].closed
+    assert conn.closed
+    assert journal._spare == []  # type: ignore[attr-defined]
     journal.commit(str(q.run_id), {}, [("step", 0, {"attempts": 6})], renew=False)
     assert journal.timeline(str(q.run_id)).steps[0].attempts == 6
 
@@ -724,3 +718,24 @@ def test_a_deadlock_with_a_claim_is_resolved_by_sending_again(
 
     assert journal._run_write(claim_body) == "claimed"  # type: ignore[attr-defined]
     assert claims == ["claim", "claim"]
+
+
+def test_the_spare_connection_goes_back_to_the_pool_now_and_then(journal: Journal) -> None:
+    """One connection is kept aside between statements; every so often it goes back to the
+    pool (which retires connections past their age), and close() returns it."""
+    pg: Any = journal
+    q = ActionQueue(journal=journal)
+    q.add(Step(0))
+    q.execute()
+    assert len(pg._spare) == 1
+    spare = pg._spare[0]
+    asked = pg._pool.get_stats().get("requests_num", 0)
+    pg._spare_uses = 999  # the next statement is the 1000th
+    again = ActionQueue(journal=journal)
+    again.add(Step(1))
+    again.execute()  # its create returns the spare to the pool; its success asks for one
+    assert len(pg._spare) == 1
+    assert pg._pool.get_stats()["requests_num"] == asked + 1
+    journal.close()
+    assert pg._spare == []
+    assert spare.closed
