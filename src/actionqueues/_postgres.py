@@ -79,8 +79,8 @@ _STEP_TYPES = {
     "rollback_error": "text",
 }
 _STEP_INSERT = tuple(_STEP_TYPES)
-_NEW_STEP: dict[str, Any] = dict.fromkeys(_STEP_INSERT[1:])
-_NEW_STEP.update(status="pending", attempts=0, rollback_attempts=0)
+#: A new step's columns that are not NULL, when the create does not give them.
+_STEP_DEFAULTS = {"status": "'pending'", "attempts": "0", "rollback_attempts": "0"}
 
 
 def _import_psycopg() -> tuple[Any, Any]:
@@ -426,16 +426,11 @@ class PostgresJournal(SQLJournal):
         now = self.clock()
         row = self._run_row(run, now)
         run_id = row["run_id"]
-        rows = {
-            s["idx"]: {
-                **_NEW_STEP,
-                "idx": s["idx"],
-                "type": s["type"],
-                "state": s["state"],
-                "policies": s.get("policies"),
-            }
-            for s in steps
-        }
+        # Each step as the columns it has (the others are NULL or their default).
+        rows = {s["idx"]: {"idx": s["idx"], "type": s["type"], "state": s["state"]} for s in steps}
+        for s in steps:
+            if s.get("policies") is not None:
+                rows[s["idx"]]["policies"] = s["policies"]
         events: list[tuple[Any, ...]] = []
         for op in ops:
             if op[0] == "step":
@@ -468,12 +463,17 @@ class PostgresJournal(SQLJournal):
     def _create_sql(self, events: int) -> str:
         t = self.prefix
         record = ", ".join(f"{c} {kind}" for c, kind in _STEP_TYPES.items())
+        columns = ", ".join(
+            f"COALESCE(u.{c}, {_STEP_DEFAULTS[c]})" if c in _STEP_DEFAULTS else f"u.{c}"
+            for c in _STEP_INSERT
+        )
         sql = (
             f"WITH r AS (INSERT INTO {t}runs ({', '.join(RUN_STORED)}) "
             f"VALUES ({', '.join(['%s'] * len(RUN_STORED))}) "
             f"ON CONFLICT (run_id) DO NOTHING RETURNING run_id, owner), "
             f"s AS (INSERT INTO {t}steps (run_id, owner, {', '.join(_STEP_INSERT)}) "
-            f"SELECT r.run_id, r.owner, u.* FROM r, jsonb_to_recordset(%s::jsonb) AS u({record}))"
+            f"SELECT r.run_id, r.owner, {columns} "
+            f"FROM r, jsonb_to_recordset(%s::jsonb) AS u({record}))"
             + self._events_sql(events, "EXISTS (SELECT 1 FROM r)")
             + " SELECT (SELECT run_id FROM r)"
         )
