@@ -7,6 +7,7 @@ PostgreSQL too. These tests need the server of ``tests/_pgtest.py``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -455,6 +456,7 @@ def test_a_pool_without_a_free_connection_is_not_waited_for_twice(
         def check(self) -> None:
             checks.append(1)
 
+    journal._drop_spare()  # type: ignore[attr-defined]  # only the pool, then
     monkeypatch.setattr(journal, "_pool", Exhausted())
     with pytest.raises(JournalError, match="couldn't get a connection"):
         journal.commit("r-1", {}, [("step", 0, {"attempts": 1})], renew=False)
@@ -609,10 +611,14 @@ def test_an_interrupted_statement_closes_its_connection(
     q.execute()
     [conn] = journal._spare  # type: ignore[attr-defined]  # the next statement's
 
-    def interrupted(*args: Any) -> Any:
-        raise KeyboardInterrupt
+    class Interrupted:
+        def register(self, *args: Any) -> None:
+            pass
 
-    monkeypatch.setattr(select, "select", interrupted)
+        def poll(self, *args: Any) -> Any:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(select, "poll", Interrupted)
     with pytest.raises(KeyboardInterrupt):
         journal.commit(str(q.run_id), {}, [("step", 0, {"attempts": 5})], renew=False)
     monkeypatch.undo()
@@ -739,3 +745,85 @@ def test_the_spare_connection_goes_back_to_the_pool_now_and_then(journal: Journa
     journal.close()
     assert pg._spare == []
     assert spare.closed
+
+
+def test_waiting_on_a_socket_takes_any_descriptor() -> None:
+    """poll(), not select(): a process with many open files has sockets past 1023."""
+    import resource
+    import select
+    import socket
+
+    from actionqueues._postgres import _READABLE, _WRITABLE, _wait_for
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    left, right = socket.socketpair()
+    high = os.dup2(left.fileno(), 2000)
+    try:
+        with pytest.raises(ValueError, match="filedescriptor out of range"):
+            select.select([high], [], [], 0)
+        _wait_for(high, _WRITABLE)
+        right.send(b"x")
+        _wait_for(high, _READABLE)
+        assert os.read(high, 1) == b"x"
+    finally:
+        os.close(high)
+        left.close()
+        right.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_spare_connection_never_keeps_one_from_another_user(url: str) -> None:
+    """pool_size=1: the one connection, kept aside after a commit, still serves reads
+    (and the heartbeat); given back while a thread waits for the pool, it goes to it."""
+    with open_journal(url + "&pool_size=1", heartbeat=False) as journal:
+        pg: Any = journal
+        q = ActionQueue(journal=journal)
+        q.add(Step(0))
+        q.execute()
+        assert len(pg._spare) == 1
+        assert [r.run_id for r in journal.runs()] == [q.run_id]  # took the spare
+        got: list[Any] = []
+        with pg._connection() as held:  # the only connection, lent
+            waiter = threading.Thread(target=lambda: got.append(pg._lend()))
+            waiter.start()
+            for _ in range(1_000_000):  # until the waiter waits for the pool
+                if pg._waiting:
+                    break
+                time.sleep(0)  # let it run (no real wait)
+            assert pg._waiting == 1
+        waiter.join(timeout=10)  # the pool's own timeout is 30 s
+        assert got == [held]
+        assert pg._spare == []
+        pg._give_back(got[0])
+
+
+def test_a_claim_by_the_same_owner_gives_the_steps_that_owner(url: str) -> None:
+    """The trigger fires whenever the owner is written, even unchanged: a run whose step
+    rows lack the owner (made by an older actionqueues) gets it when claimed."""
+    schema = url.rsplit("schema=", 1)[1]
+    clock = FakeClock(time.time())
+    with open_journal(url, heartbeat=False, owner="me", clock=clock) as journal:
+        run = {"run_id": "r-1", "name": "a", "kind": "sync", "status": "running", "resumable": 0}
+        journal.create({**run, "steps": 1}, [{"idx": 0, "type": "t", "state": "{}"}], [])
+        with psycopg.connect(_pgtest.URL, autocommit=True) as admin:
+            admin.execute(f'ALTER TABLE "{schema}".aq_steps DISABLE TRIGGER USER')
+            admin.execute(f'UPDATE "{schema}".aq_steps SET owner = NULL')
+            admin.execute(f'ALTER TABLE "{schema}".aq_steps ENABLE TRIGGER USER')
+        with pytest.raises(LeaseLost):  # a step row there, not ours: never written blindly
+            journal.commit("r-1", {}, [("step", 0, {"attempts": 3})], renew=False)
+        clock.advance(60)
+        assert journal.claim("r-1") is not None
+        assert _step_owners(schema, "r-1") == ["me"]
+        journal.commit("r-1", {}, [("step", 0, {"attempts": 3})], renew=False)
+        assert journal.timeline("r-1").steps[0].attempts == 3
+
+
+def test_the_connections_speak_utf8(journal: Journal) -> None:
+    """The statements' text parameters are UTF-8: so is every connection's client encoding."""
+    with journal._connection() as conn:  # type: ignore[attr-defined]
+        assert conn.execute("SHOW client_encoding").fetchone() == ("UTF8",)
+    q = ActionQueue(journal=journal, name="naïve ✓")
+    q.add(Step(0))
+    q.execute()
+    assert journal.timeline(str(q.run_id)).run.name == "naïve ✓"

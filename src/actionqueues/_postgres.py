@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import re
@@ -61,6 +60,7 @@ _TUPLES_OK = 2  # psycopg.pq.ExecStatus.TUPLES_OK: a statement's rows
 _COMMAND_OK = 1  # psycopg.pq.ExecStatus.COMMAND_OK: a statement without rows (PREPARE)
 _READABLE, _WRITABLE = 0, 1  # what a statement waits for on its socket
 _BACK_TO_POOL = 1000  # every so many statements, the spare connection goes back to the pool
+_HAS_POLL = hasattr(select, "poll")
 #: The step columns a one-statement create inserts (after run_id), with their types.
 _STEP_TYPES = {
     "idx": "integer",
@@ -175,6 +175,23 @@ def _texts(params: Sequence[Any]) -> list[bytes | None] | None:
         else:
             return None
     return texts
+
+
+def _wait_for(fd: int, wait: int) -> None:
+    """Block until ``fd`` is readable (``_READABLE``) or writable (``_WRITABLE``).
+
+    ``poll()``, which takes any descriptor (``select()`` refuses those past
+    1023, which a process with many open files reaches); ``select()`` where
+    there is no ``poll()`` (Windows).
+    """
+    if _HAS_POLL:
+        waiter = select.poll()
+        waiter.register(fd, select.POLLIN if wait == _READABLE else select.POLLOUT)
+        waiter.poll()
+    elif wait == _READABLE:  # pragma: no cover - Windows
+        select.select([fd], [], [])
+    else:  # pragma: no cover - Windows
+        select.select([], [fd], [])
 
 
 async def _ready(loop: asyncio.AbstractEventLoop, fd: int, wait: int) -> None:
@@ -324,6 +341,7 @@ class PostgresJournal(SQLJournal):
         self.connect_timeout = connect_timeout
         self._connection_options = {
             "autocommit": True,
+            "client_encoding": "utf8",  # what the statements' text parameters are written in
             "options": f"-c search_path={schema}",
             "application_name": f"actionqueues {self.owner}"[:63],
         }
@@ -335,7 +353,14 @@ class PostgresJournal(SQLJournal):
         self._apools_guard = threading.Lock()
         self._closing: set[asyncio.Task[None]] = set()
         self._spare: list[Any] = []  # see _lend()
+        self._spare_lock = threading.Lock()
         self._spare_uses = 0
+        self._waiting = 0  # threads waiting for the pool
+        # Made here, not on first use: threads must share one of each (the names above all).
+        self._statements: dict[Any, str] = {}  # the one-statement commits' SQL, by shape
+        self._names: dict[str, bytes] = {}  # the prepared statements' names, by SQL
+        # the statements prepared on each connection (by its libpq handle)
+        self._prepared: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
         self._pool: psycopg_pool.ConnectionPool[Any] = pool_module.ConnectionPool(
             url,
             min_size=1,
@@ -364,10 +389,12 @@ class PostgresJournal(SQLJournal):
             raise
 
     def _owner_trigger(self) -> tuple[str, ...]:
-        """The trigger giving a run's step rows its new owner (PostgreSQL's dialect).
+        """The trigger giving a run's step rows its owner (PostgreSQL's dialect).
 
+        It fires whenever the owner is written (a claim, a release), even with
+        the value it had: a claim always leaves the steps with the run's owner.
         Its names are schema-qualified: it works whatever the search_path of the
-        session that changes the owner.
+        session that writes the owner.
         """
         t, schema = self.prefix, f'"{self.schema}"'
         return (
@@ -376,8 +403,7 @@ class PostgresJournal(SQLJournal):
             f"UPDATE {schema}.{t}steps SET owner = NEW.owner WHERE run_id = NEW.run_id; "
             f"RETURN NULL; END $$",
             f"CREATE TRIGGER {t}steps_follow_owner AFTER UPDATE OF owner ON {schema}.{t}runs "
-            f"FOR EACH ROW WHEN (OLD.owner IS DISTINCT FROM NEW.owner) "
-            f"EXECUTE FUNCTION {schema}.{t}steps_follow_owner()",
+            f"FOR EACH ROW EXECUTE FUNCTION {schema}.{t}steps_follow_owner()",
         )
 
     def _create_schema(self, cur: Any) -> None:
@@ -529,7 +555,8 @@ class PostgresJournal(SQLJournal):
         def send(resent: bool) -> Any:
             return self._value(sql, params)
 
-        self._check_committed(self._twice(send, "cannot write to the journal"), run_id, shape)
+        row = self._twice(send, "cannot write to the journal")
+        self._check_committed(row, run_id, shape, ops)
         fault("after_commit")
 
     async def acommit(
@@ -546,7 +573,7 @@ class PostgresJournal(SQLJournal):
             return await self._avalue(sql, params)
 
         row = await self._atwice(send, "cannot write to the journal")
-        self._check_committed(row, run_id, shape)  # its rare read blocks: an error path
+        self._check_committed(row, run_id, shape, ops)  # its rare read blocks: an error path
         fault("after_commit")
 
     def _commit_statement(
@@ -597,47 +624,66 @@ class PostgresJournal(SQLJournal):
         replaces it.
         """
         texts = _texts(params)
-        conn = self._lend()
-        try:
+        with self._connection() as conn:
             if texts is None:
                 row = conn.execute(sql, [_without_nul(v) for v in params]).fetchone()
-                value = None if row is None or row[0] is None else str(row[0])
-            else:
-                value = self._run_prepared(conn.pgconn, sql, texts)
+                return (None if row is None or row[0] is None else str(row[0]),)
+            return (self._run_prepared(conn.pgconn, sql, texts),)
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """Lend a connection: the spare one, or one from the pool (see :meth:`_lend`).
+
+        One that fails, or is left mid-statement or in a transaction, is closed,
+        and the pool replaces it.
+        """
+        conn = self._lend()
+        try:
+            yield conn
         except BaseException:
-            conn.close()
-            self._pool.putconn(conn)  # which replaces it
+            if not conn.closed and conn.pgconn.transaction_status == _IDLE:
+                self._give_back(conn)  # an error of the statement: the connection is fine
+            else:
+                conn.close()
+                self._pool.putconn(conn)
             raise
         self._give_back(conn)
-        return (value,)
 
     def _lend(self) -> Any:
-        """A connection for one statement: the spare one, or one from the pool.
+        """A connection: the spare one, or one from the pool.
 
         psycopg_pool's ``getconn()`` and ``putconn()`` cost a commit about
-        7 us of CPU; the connection a statement used is kept aside as the
-        spare (one at most), for the next statement to take at once.
+        7 us of CPU, so the connection a statement used is kept aside (one at
+        most) for the next one to take at once. It is kept only while no one
+        waits for the pool, so it never keeps a connection from a thread (nor
+        from the heartbeat) that needs one.
         """
+        with self._spare_lock:
+            if self._spare:
+                return self._spare.pop()
+            self._waiting += 1
         try:
-            return self._spare.pop()
-        except IndexError:
             return self._pool.getconn()
+        finally:
+            with self._spare_lock:
+                self._waiting -= 1
 
     def _give_back(self, conn: Any) -> None:
-        self._spare_uses += 1
-        keep = not self._spare and not self.closed and self._spare_uses % _BACK_TO_POOL
-        if keep and conn.pgconn.transaction_status == _IDLE:
-            self._spare.append(conn)
-        else:  # now and then through the pool, which retires connections past their age
-            self._pool.putconn(conn)
+        with self._spare_lock:
+            self._spare_uses += 1
+            keep = not self._spare and not self._waiting and not self.closed
+            keep = keep and bool(self._spare_uses % _BACK_TO_POOL)
+            if keep and conn.pgconn.transaction_status == _IDLE:
+                self._spare.append(conn)
+                return
+        # now and then through the pool, which retires connections past their age
+        self._pool.putconn(conn)
 
     def _drop_spare(self) -> None:
         """Give the spare connection back to the pool (which replaces it if it is dead)."""
-        while self._spare:
-            try:
-                conn = self._spare.pop()
-            except IndexError:  # pragma: no cover - another thread took it meanwhile
-                return
+        with self._spare_lock:
+            spare, self._spare = self._spare, []
+        for conn in spare:
             self._pool.putconn(conn)
 
     async def _avalue(self, sql: str, params: Sequence[Any]) -> tuple[str | None]:
@@ -653,16 +699,13 @@ class PostgresJournal(SQLJournal):
         return (value,)
 
     def _run_prepared(self, pgconn: Any, sql: str, texts: list[bytes | None]) -> str | None:
-        """:meth:`_statement`, waiting on the socket with ``select()``."""
+        """:meth:`_statement`, waiting on the socket with ``poll()`` (blocking)."""
         steps = self._statement(pgconn, sql, texts)
         fd = pgconn.socket
         try:
             wait = next(steps)
             while True:
-                if wait == _READABLE:
-                    select.select([fd], [], [])
-                else:
-                    select.select([], [fd], [])
+                _wait_for(fd, wait)
                 wait = next(steps)
         except StopIteration as done:
             value: str | None = done.value
@@ -710,21 +753,28 @@ class PostgresJournal(SQLJournal):
         except self._psycopg.errors.InvalidSqlStatementName:
             if again:  # gone again at once: something drops them (a pooler in between)
                 raise
-            prepared.clear()  # dropped behind our back (DEALLOCATE ALL): prepare again, once
+            prepared.discard(name)  # dropped behind our back (DEALLOCATE): prepare it again
             return (yield from self._statement(pgconn, sql, texts, again=True))
         value = result.get_value(0, 0) if result.ntuples else None
         return None if value is None else bytes(value).decode()
 
     def _result(self, pgconn: Any, expected: int) -> Generator[int, None, Any]:
-        """Wait for the statement sent on ``pgconn``; return its result, or raise its error."""
+        """Wait for the statement sent on ``pgconn``; return its result, or raise its error.
+
+        ``get_result()`` is called only when ``is_busy()`` says it will not block:
+        the statement's result, then None once the server said it is ready again.
+        """
         while pgconn.flush():  # what the socket's buffer could not take yet
             yield _WRITABLE
-        while pgconn.is_busy():  # wait for the socket first: the answer takes a commit's time
-            yield _READABLE
-            pgconn.consume_input()
-        result = pgconn.get_result()
-        while pgconn.get_result() is not None:  # a statement has one result, then None
-            pass  # pragma: no cover - never more than one
+        result = None
+        while True:
+            while pgconn.is_busy():  # wait for the socket first: the answer takes a commit's time
+                yield _READABLE
+                pgconn.consume_input()
+            answer = pgconn.get_result()
+            if answer is None:
+                break
+            result = result or answer  # a statement has one result
         if result is None or pgconn.status != 0:  # CONNECTION_OK
             message = pgconn.error_message.decode("utf-8", "replace").strip()
             raise self._psycopg.OperationalError(message or "the connection was lost")
@@ -732,41 +782,50 @@ class PostgresJournal(SQLJournal):
             raise self._psycopg.errors.error_from_result(result)
         return result
 
-    @functools.cached_property
-    def _names(self) -> dict[str, bytes]:
-        """The prepared statements' names, by SQL."""
-        return {}
-
-    @functools.cached_property
-    def _prepared(self) -> weakref.WeakKeyDictionary[Any, set[bytes]]:
-        """The statements prepared on each connection (by its libpq handle)."""
-        return weakref.WeakKeyDictionary()
-
-    def _check_committed(self, row: Any, run_id: str, shape: tuple[Any, ...]) -> None:
+    def _check_committed(
+        self, row: Any, run_id: str, shape: tuple[Any, ...], ops: Sequence[Op]
+    ) -> None:
         """Raise if the statement wrote nothing because this owner no longer holds the run.
 
         A statement fenced by the run's row returns the run's owner: anyone else's,
         or none, wrote nothing. One fenced by its step rows (see :meth:`_commit_sql`)
-        returns how many it updated: fewer than its steps means another owner holds
-        them, or that a step is not there (then the run is still ours, as the UPDATE
-        of a missing step writes nothing on SQLite either).
+        returns how many it updated. Fewer than its steps: if a step row it did not
+        write is there, another owner held it (LeaseLost); if it is not, it was
+        skipped, as the UPDATE of a missing step writes nothing on SQLite either.
         """
         value = None if row is None else row[0]
         if _fenced_by_steps(shape):
-            if value is not None and int(value) == len(shape[1]):
+            updated = 0 if value is None else int(value)
+            if updated == len(shape[1]):
                 return
-            owner = self._owner_of(run_id)
-        else:
-            owner = value
-        if owner != self.owner:
-            if owner is _MISSING or self._owner_of(run_id) is _MISSING:
+            indexes = sorted({op[1] for op in ops if op[0] == "step"})
+            owner, existing = self._owner_and_steps(run_id, indexes)
+            if owner is _MISSING:
+                raise JournalError(f"no run {run_id} in the journal {self.url}", self.url)
+            if existing > updated or (not updated and owner != self.owner):
+                # A step row there but not written: it was another owner's.
+                raise LeaseLost(run_id, self.owner, self.url)
+            return  # the steps not written are not there (the run was ours)
+        if value != self.owner:
+            if self._owner_of(run_id) is _MISSING:
                 raise JournalError(f"no run {run_id} in the journal {self.url}", self.url)
             raise LeaseLost(run_id, self.owner, self.url)
 
-    @functools.cached_property
-    def _statements(self) -> dict[Any, str]:
-        """The one-statement commits' SQL, by shape."""
-        return {}
+    def _owner_and_steps(self, run_id: str, indexes: list[int]) -> tuple[object, int]:
+        """Run ``run_id``'s owner (``_MISSING`` if none) and how many of ``indexes`` exist."""
+
+        def body(cur: Any) -> tuple[object, int]:
+            cur.execute(
+                f"SELECT (SELECT owner FROM {self.prefix}runs WHERE run_id = %s), "
+                f"(SELECT count(*) FROM {self.prefix}runs WHERE run_id = %s), "
+                f"(SELECT count(*) FROM {self.prefix}steps WHERE run_id = %s "
+                f"AND idx = ANY(%s))",
+                (run_id, run_id, run_id, indexes),
+            )
+            owner, runs, steps = cur.fetchone()
+            return (owner if runs else _MISSING), int(steps)
+
+        return self._run_read(body)
 
     def _commit_sql(self, key: tuple[Any, ...]) -> str:
         """The one-statement commit of these run and step columns and events.
@@ -854,7 +913,7 @@ class PostgresJournal(SQLJournal):
         for attempt in (1, 2):
             committing = False
             try:
-                with self._pool.connection() as conn:
+                with self._connection() as conn:
                     try:
                         with conn.transaction(), conn.cursor() as cur:
                             result = body(cur)
@@ -864,10 +923,8 @@ class PostgresJournal(SQLJournal):
                         if not committing and attempt == 1:
                             self._drop_spare()
                             self._pool.check()  # drop the pool's other dead connections
-                            continue  # lost before COMMIT: nothing was applied; a new connection
-                        raise
-                    except psycopg.errors.DeadlockDetected:
-                        if attempt == 1:  # (a claim meeting a step commit) rolled back whole
+                            # Lost before COMMIT, or a deadlock (DeadlockDetected is an
+                            # OperationalError): nothing was applied; again on a new connection.
                             continue
                         raise
             except psycopg.OperationalError as exc:
@@ -899,11 +956,11 @@ class PostgresJournal(SQLJournal):
             return attempt(False)
         except self._pool_errors as exc:  # no connection to be had: no second wait
             raise self._fail(what, exc) from exc
+        except psycopg.errors.DeadlockDetected:
+            pass  # with a claim changing the run's owner: rolled back whole, sent again
         except psycopg.OperationalError:
             self._drop_spare()
             self._pool.check()  # drop the pool's other dead connections
-        except psycopg.errors.DeadlockDetected:
-            pass  # with a claim changing the run's owner: rolled back whole, sent again
         except psycopg.Error as exc:
             raise self._fail(what, exc) from exc
         try:
@@ -916,10 +973,10 @@ class PostgresJournal(SQLJournal):
         psycopg = self._psycopg
         try:
             return await attempt(False)
-        except psycopg.OperationalError:
-            await (await self._apool()).check()  # drop the pool's other dead connections
         except psycopg.errors.DeadlockDetected:
             pass  # with a claim changing the run's owner: rolled back whole, sent again
+        except psycopg.OperationalError:
+            await (await self._apool()).check()  # drop the pool's other dead connections
         except psycopg.Error as exc:
             raise self._fail(what, exc) from exc
         try:
@@ -1074,7 +1131,7 @@ class PostgresJournal(SQLJournal):
         self._check_usable()
 
         def read(resent: bool) -> _R:
-            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
                 return body(cur)
 
         return self._twice(read, "cannot read the journal")
