@@ -538,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pool-size",
         type=int,
-        help="pool_size=N in the journal URL (default: the journal's own default)",
+        help="pool_size=N in the journal URL (default: the highest --concurrency level, "
+        "as the README advises: a connection per thread, as the raw threads have)",
     )
     parser.add_argument("--raw-schema", default="bench_raw", help="schema of the raw loop")
     parser.add_argument(
@@ -575,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--queues must be >= 1")
     queues, steps, url = args.queues, args.steps, without_query(args.url)
     levels: list[int] = args.concurrency
+    if args.pool_size is None:
+        args.pool_size = max(levels)
 
     try:
         server = server_info(url)
