@@ -92,3 +92,15 @@ def kill_before_commit(journal: Any, nth: int) -> Callable[[str], None]:
                 terminate_sessions(journal)
 
     return hook
+
+
+def waits_on_a_lock(watcher: Any, journal: Any) -> bool:
+    """Whether one of ``journal``'s connections waits on a lock now (one look, over
+    ``watcher``, a connection of the test's own)."""
+    name = f"actionqueues {journal.owner}"[:63]
+    row = watcher.execute(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE application_name = %s AND wait_event_type = 'Lock'",
+        (name,),
+    ).fetchone()
+    return bool(row and row[0])

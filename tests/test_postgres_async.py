@@ -177,17 +177,11 @@ class LockTheRun:
         locker.execute("SET idle_in_transaction_session_timeout = '5s'")
         locker.execute(f"SELECT 1 FROM {schema}.aq_steps WHERE run_id = %s FOR UPDATE", (run_id,))
         ORDER.append("locked")
-        name = f"actionqueues {self.journal.owner}"[:63]
 
         async def release() -> None:
             with psycopg.connect(_pgtest.URL, autocommit=True) as watcher:
                 for _ in range(10_000):  # each look is a query: about a second in all
-                    waiting = watcher.execute(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE application_name = %s AND wait_event_type = 'Lock'",
-                        (name,),
-                    ).fetchone()
-                    if waiting and waiting[0]:
+                    if _pgtest.waits_on_a_lock(watcher, self.journal):
                         break
                     await asyncio.sleep(0)  # let the loop run (no real wait)
                 else:

@@ -658,15 +658,9 @@ def test_a_step_commit_meeting_a_claim_in_flight_waits_then_writes_nothing(url: 
 
     committer = threading.Thread(target=step_commit)
     committer.start()
-    name = f"actionqueues {first.owner}"[:63]
     with psycopg.connect(_pgtest.URL, autocommit=True) as watcher:
         for _ in range(10_000):  # each look is a query: about a second in all
-            row = watcher.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = %s AND wait_event_type = 'Lock'",
-                (name,),
-            ).fetchone()
-            if row and row[0]:
+            if _pgtest.waits_on_a_lock(watcher, first):
                 break
         else:
             raise AssertionError("the step commit never waited for the claim")

@@ -840,16 +840,9 @@ class PostgresJournal(SQLJournal):
             # A claim changes that owner (by trigger) in the claim's transaction: an
             # UPDATE that meets the claim's change waits for it, then finds the row
             # no longer ours and writes nothing.
-            parts = []
-            for n, keys in enumerate(step_keys):
-                check_columns(keys, UPDATABLE_STEP, "step")
-                sets = ", ".join(f"{k} = %s" for k in keys)
-                parts.append(
-                    f"s{n} AS (UPDATE {t}steps SET {sets} WHERE run_id = %s AND idx = %s "
-                    f"AND owner = %s RETURNING 1)"
-                )
+            updates = ", ".join(self._step_updates(step_keys, "owner = %s"))
             counts = " + ".join(f"(SELECT count(*) FROM s{n})" for n in range(len(step_keys)))
-            sql = f"WITH {', '.join(parts)} SELECT {counts}"
+            sql = f"WITH {updates} SELECT {counts}"
             self._statements[key] = sql
             return sql
         if run_keys is None:
@@ -861,18 +854,24 @@ class PostgresJournal(SQLJournal):
                 f"WITH r AS (UPDATE {t}runs SET {sets}lease_expires_at = %s, updated_at = %s "
                 f"WHERE run_id = %s AND owner = %s RETURNING owner)"
             ]
-        for n, keys in enumerate(step_keys):
-            check_columns(keys, UPDATABLE_STEP, "step")
-            sets = ", ".join(f"{k} = %s" for k in keys)
-            parts.append(
-                f", s{n} AS (UPDATE {t}steps SET {sets} WHERE run_id = %s AND idx = %s "
-                f"AND (SELECT owner FROM r) = %s RETURNING 1)"
-            )
+        parts += [", " + u for u in self._step_updates(step_keys, "(SELECT owner FROM r) = %s")]
         parts.append(self._events_sql(events, "(SELECT owner FROM r) = %s"))
         parts.append(" SELECT (SELECT owner FROM r)")
         sql = "".join(parts)
         self._statements[key] = sql
         return sql
+
+    def _step_updates(self, step_keys: tuple[tuple[str, ...], ...], fence: str) -> list[str]:
+        """The CTEs ``s0``, ``s1``... updating these steps' columns where ``fence`` holds."""
+        updates = []
+        for n, keys in enumerate(step_keys):
+            check_columns(keys, UPDATABLE_STEP, "step")
+            sets = ", ".join(f"{k} = %s" for k in keys)
+            updates.append(
+                f"s{n} AS (UPDATE {self.prefix}steps SET {sets} "
+                f"WHERE run_id = %s AND idx = %s AND {fence} RETURNING 1)"
+            )
+        return updates
 
     def _writable(self) -> None:
         self._check_usable()
