@@ -821,3 +821,32 @@ def test_the_connections_speak_utf8(journal: Journal) -> None:
     q.add(Step(0))
     q.execute()
     assert journal.timeline(str(q.run_id)).run.name == "naïve ✓"
+
+
+def test_a_ten_step_run_is_eleven_statements_none_locking_the_run(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cost model the benchmarks rest on: one statement (one round trip) per commit,
+    N + 1 for N steps, each prepared once per connection, and no step commit locking the
+    run's row (the step rows' owner fences them)."""
+    sent: list[str] = []
+    run = journal._run_prepared  # type: ignore[attr-defined]
+
+    def counting(pgconn: Any, sql: str, texts: Any) -> Any:
+        sent.append(sql)
+        return run(pgconn, sql, texts)
+
+    monkeypatch.setattr(journal, "_run_prepared", counting)
+    for _ in range(2):
+        q = ActionQueue(journal=journal)
+        for n in range(10):
+            q.add(Step(n))
+        q.execute()
+    assert len(sent) == 22
+    creates, steps, last = sent[0], sent[1:10], sent[10]
+    assert creates.startswith("WITH r AS (INSERT INTO aq_runs")
+    assert all(s == steps[0] and "FOR SHARE" not in s and "aq_runs" not in s for s in steps)
+    assert "UPDATE aq_runs" in last  # the outcome: the run's row, fenced by its owner
+    assert sent[11:] == sent[:11]  # the same statements: prepared once, run again
+    [conn] = journal._spare  # type: ignore[attr-defined]
+    assert len(_prepared_on(conn)) == 3
