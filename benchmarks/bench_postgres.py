@@ -762,6 +762,18 @@ def main(argv: list[str] | None = None) -> int:
             + ")"
         )
     print("targets (medians): " + "; ".join(verdicts))
+    # The contenders of a round ran minutes apart at most: the ratio of each round's
+    # figures is less moved by the machine's slower and faster spells than the medians.
+    paired = []
+    for name, theirs in (("raw", raw), ("DBOS", dbos)):
+        if theirs and len(theirs) == len(ours_one):
+            ratios = [a / b for a, b in zip(ours_one, theirs, strict=True)]
+            paired.append(
+                f"vs {name} {statistics.median(ratios):.2f}x "
+                f"({min(ratios):.2f}x-{max(ratios):.2f}x)"
+            )
+    if paired:
+        print("per-round ratios (median, min-max; for information): " + "; ".join(paired))
     return 0
 
 
