@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import _pgtest
 import pytest
+
+from actionqueues import Journal, open_journal
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL journal URL on a fresh schema, dropped afterwards."""
+    with _pgtest.fresh_schema() as fresh:
+        yield fresh
+
+
+@pytest.fixture
+def journal(url: str) -> Iterator[Journal]:
+    """A journal on ``url`` (the test module's fixture), without a heartbeat."""
+    opened = open_journal(url, heartbeat=False)
+    yield opened
+    opened.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,18 +50,10 @@ class Step:
 
 
 @pytest.fixture
-def url() -> Iterator[str]:
-    """A journal URL on a fresh schema."""
+def url(pg_url: str) -> str:
+    """A journal URL on a fresh schema (the ``journal`` fixture opens it)."""
     ORDER.clear()
-    with _pgtest.fresh_schema() as fresh:
-        yield fresh
-
-
-@pytest.fixture
-def journal(url: str) -> Iterator[Journal]:
-    opened = open_journal(url, heartbeat=False)
-    yield opened
-    opened.close()
+    return pg_url
 
 
 def _refuse_sync_connections(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,18 +55,10 @@ class Step(Action):
 
 
 @pytest.fixture
-def url() -> Iterator[str]:
-    """A journal URL on a fresh schema."""
+def url(pg_url: str) -> str:
+    """A journal URL on a fresh schema (the ``journal`` fixture opens it)."""
     LEDGER.clear()
-    with _pgtest.fresh_schema() as fresh:
-        yield fresh
-
-
-@pytest.fixture
-def journal(url: str) -> Iterator[Journal]:
-    opened = open_journal(url, heartbeat=False)
-    yield opened
-    opened.close()
+    return pg_url
 
 
 def test_a_connection_lost_between_commits_is_replaced_transparently(
@@ -778,13 +770,18 @@ def test_the_spare_connection_never_keeps_one_from_another_user(url: str) -> Non
         assert len(pg._spare) == 1
         assert [r.run_id for r in journal.runs()] == [q.run_id]  # took the spare
         got: list[Any] = []
+        asking = threading.Event()
+        getconn = pg._pool.getconn
+
+        def ask() -> Any:
+            asking.set()
+            return getconn()
+
+        pg._pool.getconn = ask
         with pg._connection() as held:  # the only connection, lent
             waiter = threading.Thread(target=lambda: got.append(pg._lend()))
             waiter.start()
-            for _ in range(1_000_000):  # until the waiter waits for the pool
-                if pg._waiting:
-                    break
-                time.sleep(0)  # let it run (no real wait)
+            assert asking.wait(timeout=10)  # the waiter waits for the pool
             assert pg._waiting == 1
         waiter.join(timeout=10)  # the pool's own timeout is 30 s
         assert got == [held]
