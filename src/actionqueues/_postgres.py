@@ -541,7 +541,9 @@ class PostgresJournal(SQLJournal):
         """Update run ``run_id`` and apply ``ops``, atomically (see :meth:`Journal.commit`).
 
         One statement, so one round trip: its writes apply only while this owner
-        holds the run (the run row is updated, or read ``FOR SHARE``, first). If
+        holds the run (a commit of step columns only checks the owner on each
+        step row it updates; any other updates the run's row, or reads it ``FOR
+        SHARE``, first). If
         the connection is lost, it is sent again on a new one: the run's and the
         steps' columns are simply written again, and the events the first send
         may have written are not written twice (they carry the commit's id).
