@@ -331,11 +331,15 @@ class SQLJournal(Journal):
                     )
 
     def _owner_trigger(self) -> tuple[str, ...]:
-        """The trigger that gives a run's step rows its new owner (SQLite's dialect)."""
+        """The trigger giving a run's step rows its owner whenever it is written (SQLite).
+
+        It fires even when the value does not change: a claim by the same owner
+        also leaves the steps with the run's owner.
+        """
         t = self.prefix
         return (
             f"CREATE TRIGGER {t}steps_follow_owner AFTER UPDATE OF owner ON {t}runs "
-            f"FOR EACH ROW WHEN OLD.owner IS NOT NEW.owner "
+            f"FOR EACH ROW "
             f"BEGIN UPDATE {t}steps SET owner = NEW.owner WHERE run_id = NEW.run_id; END",
         )
 

@@ -312,3 +312,28 @@ def test_a_journal_damaged_while_open_reports_read_and_write_errors(tmp_path: Pa
             journal.runs()
         with pytest.raises(JournalError, match=r"cannot write to the journal .*no such table"):
             journal.release("whatever")
+
+
+def test_step_rows_carry_their_runs_owner(tmp_path: Path) -> None:
+    """Schema 3 on SQLite too: a run's steps are created with its owner, and every claim
+    or release writes it to them (a claim by the same owner as well)."""
+    target = tmp_path / "runs.db"
+    clock = FakeClock(START)
+    run = {"run_id": "r-1", "name": "a", "kind": "sync", "status": "running", "resumable": 0}
+    steps = [{"idx": i, "type": "t", "state": "{}"} for i in (0, 1)]
+    owners = "SELECT owner FROM aq_steps WHERE run_id = 'r-1' ORDER BY idx"
+    with opened(target, owner="first", clock=clock) as first:
+        first.create({**run, "steps": 2}, steps, [])
+        assert rows(target, owners) == [("first",), ("first",)]
+        conn = raw(target)
+        conn.execute("UPDATE aq_steps SET owner = NULL")  # as an older actionqueues left them
+        conn.close()
+        clock.advance(60)
+        assert first.claim("r-1") is not None  # the same owner
+        assert rows(target, owners) == [("first",), ("first",)]
+        clock.advance(60)
+        with opened(target, owner="second", clock=clock) as second:
+            assert second.claim("r-1") is not None
+            assert rows(target, owners) == [("second",), ("second",)]
+            second.release("r-1")
+            assert rows(target, owners) == [(None,), (None,)]
