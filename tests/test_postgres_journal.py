@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -847,3 +848,18 @@ def test_a_ten_step_run_is_eleven_statements_none_locking_the_run(
     assert sent[11:] == sent[:11]  # the same statements: prepared once, run again
     [conn] = journal._spare  # type: ignore[attr-defined]
     assert len(_prepared_on(conn)) == 3
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "5", True])
+def test_connect_timeout_is_checked(url: str, timeout: object) -> None:
+    """connect_timeout is a finite number of seconds > 0."""
+    with pytest.raises(ValueError, match="connect_timeout must be a number of seconds > 0"):
+        open_journal(url, heartbeat=False, connect_timeout=timeout)
+
+
+def test_a_server_that_refuses_the_connection_says_why(url: str) -> None:
+    """Not only "cannot connect": the server's own reason (here, no such database)."""
+    parts = urllib.parse.urlsplit(url)
+    bad = urllib.parse.urlunsplit(parts._replace(path="/no_such_database_aq"))
+    with pytest.raises(JournalError, match='database "no_such_database_aq" does not exist'):
+        open_journal(bad, heartbeat=False, connect_timeout=2)

@@ -169,7 +169,13 @@ def _throw(hook: _Hook, exc: BaseException) -> Any:
 
 
 def _error_text(error: BaseException) -> str:
+    """How the journal records ``error``: its type and message, at most 4,000 characters.
+
+    A lone surrogate (an OS error about an undecodable file name) is written as
+    its escape: text that UTF-8 cannot encode could not be stored at all.
+    """
     text = f"{type(error).__module__}.{type(error).__qualname__}: {error}"
+    text = text.encode("utf-8", "backslashreplace").decode()
     return text.removeprefix("builtins.")[:4000]
 
 

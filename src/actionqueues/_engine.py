@@ -110,6 +110,15 @@ def _is_action(action: object) -> bool:
     )
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be stored (a lone surrogate cannot be encoded)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _attempts_of(error: BaseException) -> int:
     """How many calls a step made before failing with ``error``."""
     return len(getattr(error, "actionqueues_attempts", ())) + 1
@@ -415,8 +424,11 @@ class QueueCore:
             )
         if name is None:
             name = type(self).__name__
-        if not isinstance(name, str) or not name or len(name) > 200:
-            raise ValueError(f"name must be a non-empty string (the run's name), got {name!r}")
+        if not isinstance(name, str) or not name or len(name) > 200 or not _utf8(name):
+            raise ValueError(
+                f"name must be a non-empty string of at most 200 characters that UTF-8 can "
+                f"encode (the run's name), got {name!r}"
+            )
         kind = "async" if self._runs_async else "sync"
         self._recorder = RunRecorder(journal, name, kind, bool(resumable))
         self._general = True

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import select
 import threading
@@ -324,6 +325,10 @@ class PostgresJournal(SQLJournal):
         self.prefix = _identifier("table_prefix", table_prefix)
         if type(pool_size) is not int or pool_size < 1:
             raise ValueError(f"pool_size must be an int >= 1, got {pool_size!r}")
+        if type(connect_timeout) not in (int, float) or not 0 < connect_timeout < math.inf:
+            raise ValueError(
+                f"connect_timeout must be a number of seconds > 0, got {connect_timeout!r}"
+            )
         self._psycopg = psycopg
         self.read_only = bool(read_only)
         shown = redact(url)
@@ -332,7 +337,6 @@ class PostgresJournal(SQLJournal):
         )
         self.url = shown + ("&" if "?" in shown else "?") + query
         self.where = f"schema {schema} of {shown}"
-        self._pool_module = pool_module
         # A pool with no connection to give within its timeout, or closed: these
         # subclass OperationalError, but resending would only wait again.
         self._pool_errors = (pool_module.PoolTimeout, pool_module.PoolClosed)
@@ -373,7 +377,7 @@ class PostgresJournal(SQLJournal):
             self._pool.open(wait=True, timeout=connect_timeout)
         except pool_module.PoolTimeout as exc:
             self._pool.close()
-            raise self._unreachable() from exc
+            raise self._unreachable(self._why_unreachable()) from exc
         try:
             if self.read_only:
                 found = self._run_read(self._inspect)
@@ -1034,7 +1038,7 @@ class PostgresJournal(SQLJournal):
                 **self._connection_options,
             )
         except self._psycopg.OperationalError as exc:
-            raise self._unreachable() from exc
+            raise self._unreachable(exc) from exc
 
     async def _keep(
         self, loop: asyncio.AbstractEventLoop, pool: _AsyncConnections
@@ -1066,11 +1070,25 @@ class PostgresJournal(SQLJournal):
             self._keepers.pop(ended, None)
         self._apools[loop] = pool
 
-    def _unreachable(self) -> JournalError:
+    def _why_unreachable(self) -> BaseException | None:
+        """The error of one direct connection attempt (the pool only says it timed out)."""
+        try:
+            self._psycopg.connect(
+                self._libpq_url,
+                connect_timeout=max(1, round(self.connect_timeout)),
+                **self._connection_options,
+            ).close()
+        except self._psycopg.OperationalError as exc:
+            error: BaseException = exc
+            return error
+        return None  # it answers now: a slow or flapping server
+
+    def _unreachable(self, cause: BaseException | None) -> JournalError:
         shown = redact(self._libpq_url)
+        why = " ".join(str(cause).split()) if cause is not None else ""
         return JournalError(
             f"cannot connect to the PostgreSQL journal {shown} within {self.connect_timeout} s: "
-            f"is the server running and reachable, and the database there?",
+            + (why or "is the server running and reachable, and the database there?"),
             self.url,
         )
 

@@ -132,9 +132,9 @@ def test_name_and_resumable_need_a_journal(
         queue_class(retry=None, max_retries=3, **options)
 
 
-@pytest.mark.parametrize("name", ["", 5, "x" * 201])
+@pytest.mark.parametrize("name", ["", 5, "x" * 201, "bad\udc80name"])
 def test_a_run_name_must_be_a_short_string(journal: Journal, name: Any) -> None:
-    """The run's name is a non-empty string of at most 200 characters."""
+    """The run's name is a non-empty string of at most 200 characters that UTF-8 encodes."""
     with pytest.raises(ValueError, match="name must be a non-empty string"):
         ActionQueue(journal=journal, name=name)
 

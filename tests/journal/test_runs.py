@@ -247,3 +247,19 @@ def test_a_timeline_is_found_by_a_unique_prefix_of_its_id(journal: Journal) -> N
         journal.timeline("%%%%%%%%")  # LIKE wildcards are not wildcards here
     with pytest.raises(KeyError):
         journal.timeline(q.run_id[:8] + "_" * 28)
+
+
+def test_an_error_that_utf8_cannot_encode_is_recorded_escaped(journal: Journal) -> None:
+    """An OS error about an undecodable file name holds a lone surrogate: the failure is
+    still recorded (the surrogate as its escape), and the rollback goes on."""
+    q = ActionQueue(journal=journal)
+    q.add(Put("a"))
+    q.add(Put("b"))
+    WORLD.script("execute", "b", OSError("cannot open /tmp/\udcff.txt"))
+    with pytest.raises(OSError, match="cannot open"):
+        q.execute()
+    assert q.rollback().ok
+    timeline = journal.timeline(str(q.run_id))
+    assert timeline.run.status == "rolled_back"
+    assert timeline.run.error == "OSError: cannot open /tmp/\\udcff.txt"
+    assert timeline.steps[1].error == timeline.run.error
