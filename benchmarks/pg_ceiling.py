@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                     ops.append(("step", k, {**start, "started_at": time.time()}))
                 else:
                     outcome = {"status": "succeeded", "finished_at": time.time()}
-                shape, params = journal._commit_statement(run_id, outcome, ops, bool(outcome))
-                sql = journal._statements.get(shape) or journal._commit_sql(shape)
+                _, sql, params = journal._commit_statement(run_id, outcome, ops, bool(outcome))
                 journal._run_prepared(con.pgconn, sql, _texts(params))
 
     def raw(runs: int) -> None:

@@ -75,7 +75,7 @@ def terminate_sessions(journal: Any) -> int:
     with psycopg.connect(URL, autocommit=True) as admin:
         rows = admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-            (f"actionqueues {journal.owner}"[:63],),
+            (_session_name(journal),),
         ).fetchall()
     return len(rows)
 
@@ -97,10 +97,14 @@ def kill_before_commit(journal: Any, nth: int) -> Callable[[str], None]:
 def waits_on_a_lock(watcher: Any, journal: Any) -> bool:
     """Whether one of ``journal``'s connections waits on a lock now (one look, over
     ``watcher``, a connection of the test's own)."""
-    name = f"actionqueues {journal.owner}"[:63]
     row = watcher.execute(
         "SELECT count(*) FROM pg_stat_activity "
         "WHERE application_name = %s AND wait_event_type = 'Lock'",
-        (name,),
+        (_session_name(journal),),
     ).fetchone()
     return bool(row and row[0])
+
+
+def _session_name(journal: Any) -> str:
+    """The ``application_name`` of ``journal``'s connections (as the journal sets it)."""
+    return str(journal._connection_options["application_name"])

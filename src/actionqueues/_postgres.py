@@ -306,7 +306,6 @@ class PostgresJournal(SQLJournal):
     # page (HOT updates, no index writes).
     updated_table_options = " WITH (fillfactor = 70)"
     claim_lock = "FOR UPDATE SKIP LOCKED"
-    fence_lock = "FOR SHARE"
 
     def __init__(
         self,
@@ -428,7 +427,7 @@ class PostgresJournal(SQLJournal):
         self._writable()
         fault("before_commit")
 
-        def send(resent: bool) -> tuple[Any, bool]:
+        def send(resent: bool) -> tuple[str | None, bool]:
             return self._value(sql, params), resent
 
         self._check_created(*self._twice(send, "cannot write to the journal"), run_id)
@@ -442,7 +441,7 @@ class PostgresJournal(SQLJournal):
         self._writable()
         fault("before_commit")
 
-        async def send(resent: bool) -> tuple[Any, bool]:
+        async def send(resent: bool) -> tuple[str | None, bool]:
             return await self._avalue(sql, params), resent
 
         found, resent = await self._atwice(send, "cannot write to the journal")
@@ -480,14 +479,13 @@ class PostgresJournal(SQLJournal):
         sql = self._statements.get(("create", len(events))) or self._create_sql(len(events))
         return sql, params, run_id
 
-    def _check_created(self, found: Any, resent: bool, run_id: str) -> None:
+    def _check_created(self, found: str | None, resent: bool, run_id: str) -> None:
         """Refuse a run the statement did not insert: its id was taken.
 
         After a resend, the run found is our first send's (it landed before the
         connection was lost) if this journal owns it.
         """
-        inserted = found is not None and found[0] is not None
-        if not inserted and (not resent or self._owner_of(run_id) != self.owner):
+        if found is None and (not resent or self._owner_of(run_id) != self.owner):
             raise JournalError(f"a run {run_id} is already in the journal {self.url}", self.url)
 
     def _create_sql(self, events: int) -> str:
@@ -552,40 +550,36 @@ class PostgresJournal(SQLJournal):
         steps' columns are simply written again, and the events the first send
         may have written are not written twice (they carry the commit's id).
         """
-        shape, params = self._commit_statement(run_id, run, ops, renew)
+        shape, sql, params = self._commit_statement(run_id, run, ops, renew)
         self._writable()
         fault("before_commit")
 
-        sql = self._statements.get(shape) or self._commit_sql(shape)
-
-        def send(resent: bool) -> Any:
+        def send(resent: bool) -> str | None:
             return self._value(sql, params)
 
-        row = self._twice(send, "cannot write to the journal")
-        self._check_committed(row, run_id, shape, ops)
+        value = self._twice(send, "cannot write to the journal")
+        self._check_committed(value, run_id, shape, ops)
         fault("after_commit")
 
     async def acommit(
         self, run_id: str, run: dict[str, Any], ops: Sequence[Op], *, renew: bool = True
     ) -> None:
         """:meth:`commit` over this event loop's async connections."""
-        shape, params = self._commit_statement(run_id, run, ops, renew)
+        shape, sql, params = self._commit_statement(run_id, run, ops, renew)
         self._writable()
         fault("before_commit")
 
-        sql = self._statements.get(shape) or self._commit_sql(shape)
-
-        async def send(resent: bool) -> Any:
+        async def send(resent: bool) -> str | None:
             return await self._avalue(sql, params)
 
-        row = await self._atwice(send, "cannot write to the journal")
-        self._check_committed(row, run_id, shape, ops)  # its rare read blocks: an error path
+        value = await self._atwice(send, "cannot write to the journal")
+        self._check_committed(value, run_id, shape, ops)  # its rare read blocks: an error path
         fault("after_commit")
 
     def _commit_statement(
         self, run_id: str, run: dict[str, Any], ops: Sequence[Op], renew: bool
-    ) -> tuple[tuple[Any, ...], list[Any]]:
-        """commit()'s statement shape (see :meth:`_commit_sql`) and parameters."""
+    ) -> tuple[tuple[Any, ...], str, list[Any]]:
+        """commit()'s statement shape (see :meth:`_commit_sql`), SQL and parameters."""
         now = self.clock()
         # One statement cannot update a row twice: merge the ops of each step, in order.
         merged: dict[int, dict[str, Any]] = {}
@@ -614,9 +608,9 @@ class PostgresJournal(SQLJournal):
             params += [*columns.values(), run_id, index, self.owner]
         if events:
             params += [*self._event_params(run_id, now, events), self.owner]
-        return shape, params
+        return shape, self._statements.get(shape) or self._commit_sql(shape), params
 
-    def _value(self, sql: str, params: Sequence[Any]) -> tuple[str | None]:
+    def _value(self, sql: str, params: Sequence[Any]) -> str | None:
         """The one value (as text) of the one row that ``sql`` returns, from a pooled connection.
 
         The hot path of every queue: the statement is prepared once per
@@ -641,7 +635,7 @@ class PostgresJournal(SQLJournal):
             self._give_back_failed(conn)
             raise
         self._give_back(conn)
-        return (value,)
+        return value
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -703,7 +697,7 @@ class PostgresJournal(SQLJournal):
         for conn in spare:
             self._pool.putconn(conn)
 
-    async def _avalue(self, sql: str, params: Sequence[Any]) -> tuple[str | None]:
+    async def _avalue(self, sql: str, params: Sequence[Any]) -> str | None:
         """:meth:`_value` over this event loop's async connections."""
         texts = _texts(params)
         async with (await self._apool()).connection() as conn:
@@ -713,7 +707,7 @@ class PostgresJournal(SQLJournal):
                 value = None if row is None or row[0] is None else str(row[0])
             else:
                 value = await self._arun_prepared(conn.pgconn, sql, texts)
-        return (value,)
+        return value
 
     def _run_prepared(self, pgconn: Any, sql: str, texts: list[bytes | None]) -> str | None:
         """:meth:`_statement`, waiting on the socket with ``poll()`` (blocking)."""
@@ -800,7 +794,7 @@ class PostgresJournal(SQLJournal):
         return result
 
     def _check_committed(
-        self, row: Any, run_id: str, shape: tuple[Any, ...], ops: Sequence[Op]
+        self, value: str | None, run_id: str, shape: tuple[Any, ...], ops: Sequence[Op]
     ) -> None:
         """Raise if the statement wrote nothing because this owner no longer holds the run.
 
@@ -810,7 +804,6 @@ class PostgresJournal(SQLJournal):
         write is there, another owner held it (LeaseLost); if it is not, it was
         skipped, as the UPDATE of a missing step writes nothing on SQLite either.
         """
-        value = None if row is None else row[0]
         if _fenced_by_steps(shape):
             updated = 0 if value is None else int(value)
             if updated == len(shape[1]):
@@ -833,14 +826,13 @@ class PostgresJournal(SQLJournal):
 
         def body(cur: Any) -> tuple[object, int]:
             cur.execute(
-                f"SELECT (SELECT owner FROM {self.prefix}runs WHERE run_id = %s), "
-                f"(SELECT count(*) FROM {self.prefix}runs WHERE run_id = %s), "
-                f"(SELECT count(*) FROM {self.prefix}steps WHERE run_id = %s "
-                f"AND idx = ANY(%s))",
-                (run_id, run_id, run_id, indexes),
+                f"SELECT owner, (SELECT count(*) FROM {self.prefix}steps s "
+                f"WHERE s.run_id = r.run_id AND s.idx = ANY(%s)) "
+                f"FROM {self.prefix}runs r WHERE r.run_id = %s",
+                (indexes, run_id),
             )
-            owner, runs, steps = cur.fetchone()
-            return (owner if runs else _MISSING), int(steps)
+            row = cur.fetchone()
+            return (_MISSING, 0) if row is None else (row[0], int(row[1]))
 
         return self._run_read(body)
 
@@ -935,13 +927,15 @@ class PostgresJournal(SQLJournal):
                             result = body(cur)
                             committing = True
                         return result
+                    except psycopg.errors.DeadlockDetected:
+                        if attempt == 1:  # with a step commit: rolled back whole, made again
+                            continue
+                        raise
                     except psycopg.OperationalError:
                         if not committing and attempt == 1:
                             self._drop_spare()
                             self._pool.check()  # drop the pool's other dead connections
-                            # Lost before COMMIT, or a deadlock (DeadlockDetected is an
-                            # OperationalError): nothing was applied; again on a new connection.
-                            continue
+                            continue  # lost before COMMIT: nothing was applied; a new connection
                         raise
             except psycopg.OperationalError as exc:
                 if committing:

@@ -181,9 +181,6 @@ class SQLJournal(Journal):
     updated_table_options = ""
     #: Appended to the claim's SELECT (PostgreSQL: FOR UPDATE SKIP LOCKED).
     claim_lock = ""
-    #: Appended to a commit's owner check, so that a claim cannot commit in between
-    #: (PostgreSQL: FOR SHARE; SQLite's single writer needs nothing).
-    fence_lock = ""
 
     _sql_cache: dict[Any, str]
 
@@ -422,9 +419,7 @@ class SQLJournal(Journal):
                 held = cur.rowcount == 1
             else:
                 cur.execute(
-                    self._sql(
-                        "owner", f"SELECT owner FROM {{t}}runs WHERE run_id = ? {self.fence_lock}"
-                    ),
+                    self._sql("owner", "SELECT owner FROM {t}runs WHERE run_id = ?"),
                     (run_id,),
                 )
                 row = cur.fetchone()
