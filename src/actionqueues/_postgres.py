@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from ._journal import JournalError, LeaseLost, Op, fault
 from ._sql import (
     RUN_STORED,
+    STEP_COLUMNS,
     TERMINAL,
     UPDATABLE_RUN,
     UPDATABLE_STEP,
@@ -62,24 +63,6 @@ _COMMAND_OK = 1  # psycopg.pq.ExecStatus.COMMAND_OK: a statement without rows (P
 _READABLE, _WRITABLE = 0, 1  # what a statement waits for on its socket
 _BACK_TO_POOL = 1000  # every so many statements, the spare connection goes back to the pool
 _HAS_POLL = hasattr(select, "poll")
-#: The step columns a one-statement create inserts (after run_id), with their types.
-_STEP_TYPES = {
-    "idx": "integer",
-    "type": "text",
-    "state": "text",
-    "policies": "text",
-    "status": "text",
-    "attempts": "integer",
-    "rollback_attempts": "integer",
-    "next_retry_at": "double precision",
-    "started_at": "double precision",
-    "finished_at": "double precision",
-    "rollback_started_at": "double precision",
-    "rollback_finished_at": "double precision",
-    "error": "text",
-    "rollback_error": "text",
-}
-_STEP_INSERT = tuple(_STEP_TYPES)
 #: A new step's columns that are not NULL, when the create does not give them.
 _STEP_DEFAULTS = {"status": "'pending'", "attempts": "0", "rollback_attempts": "0"}
 
@@ -490,18 +473,18 @@ class PostgresJournal(SQLJournal):
 
     def _create_sql(self, events: int) -> str:
         t = self.prefix
-        record = ", ".join(f"{c} {kind}" for c, kind in _STEP_TYPES.items())
+        # The steps' JSON read as rows of the steps table itself (its columns' types).
         columns = ", ".join(
             f"COALESCE(u.{c}, {_STEP_DEFAULTS[c]})" if c in _STEP_DEFAULTS else f"u.{c}"
-            for c in _STEP_INSERT
+            for c in STEP_COLUMNS
         )
         sql = (
             f"WITH r AS (INSERT INTO {t}runs ({', '.join(RUN_STORED)}) "
             f"VALUES ({', '.join(['%s'] * len(RUN_STORED))}) "
             f"ON CONFLICT (run_id) DO NOTHING RETURNING run_id, owner), "
-            f"s AS (INSERT INTO {t}steps (run_id, owner, {', '.join(_STEP_INSERT)}) "
+            f"s AS (INSERT INTO {t}steps (run_id, owner, {', '.join(STEP_COLUMNS)}) "
             f"SELECT r.run_id, r.owner, {columns} "
-            f"FROM r, jsonb_to_recordset(%s::jsonb) AS u({record}))"
+            f"FROM r, jsonb_populate_recordset(NULL::{t}steps, %s::jsonb) AS u)"
             + self._events_sql(events, "EXISTS (SELECT 1 FROM r)")
             + " SELECT (SELECT run_id FROM r)"
         )
