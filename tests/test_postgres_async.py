@@ -547,9 +547,11 @@ def test_async_statements_send_big_states_and_values_psycopg_must_adapt(journal:
 
     async def main() -> None:
         await journal.acreate({**run, "steps": 1}, [{"idx": 0, "type": "t", "state": big}], [])
-        await journal.acommit("r-1", {}, [("step", 0, columns)], renew=False)
+        await journal.acommit("r-1", {}, [("step", 0, columns)], renew=False)  # a count
+        await journal.acommit("r-1", {"error": "e"}, [("step", 0, {"attempts": Decimal(3)})])
 
     asyncio.run(main())
     [step] = journal.timeline("r-1").steps
     assert step.state == big
-    assert (step.next_retry_at, step.error) == (12.5, "a\\x00b")
+    assert (step.next_retry_at, step.error, step.attempts) == (12.5, "a\\x00b", 3)
+    assert journal.timeline("r-1").run.error == "e"  # fenced by the run's row: its owner

@@ -491,9 +491,21 @@ def test_a_value_psycopg_must_adapt_is_written_through_psycopg(journal: Journal)
     q.execute()
     run_id = str(q.run_id)
     columns = {"next_retry_at": Decimal("12.5"), "error": "a\x00b"}
-    journal.commit(run_id, {}, [("step", 0, columns)], renew=False)
+    journal.commit(run_id, {}, [("step", 0, columns)], renew=False)  # an UPDATE: its count
     step = journal.timeline(run_id).steps[0]
     assert (step.next_retry_at, step.error) == (12.5, "a\\x00b")  # its NUL escaped too
+    journal.commit(run_id, {"error": "e"}, [("step", 0, {"next_retry_at": Decimal("13.5")})])
+    timeline = journal.timeline(run_id)  # a commit fenced by the run's row: it returns the owner
+    assert (timeline.run.error, timeline.steps[0].next_retry_at) == ("e", 13.5)
+    other = open_journal(journal.url, heartbeat=False)
+    try:  # another owner's commits, through psycopg too, write nothing
+        with pytest.raises(LeaseLost):
+            other.commit(run_id, {}, [("step", 0, columns)], renew=False)
+        with pytest.raises(LeaseLost):
+            other.commit(run_id, {"error": "x"}, [("step", 0, columns)])
+    finally:
+        other.close()
+    assert journal.timeline(run_id).run.error == "e"
 
 
 @register_action("tests.pg.nul")
@@ -579,9 +591,9 @@ def test_statements_dropped_again_at_once_are_an_error(
     """Something between us and the server dropping every statement: a clear JournalError."""
     result = journal._result  # type: ignore[attr-defined]
 
-    def dropping(pgconn: Any, expected: int) -> Generator[int, None, Any]:
-        answer = yield from result(pgconn, expected)
-        if expected == 1:  # the PREPARE's answer: drop what it prepared
+    def dropping(pgconn: Any, *expected: int) -> Generator[int, None, Any]:
+        answer = yield from result(pgconn, *expected)
+        if expected == (1,):  # the PREPARE's answer: drop what it prepared
             pgconn.exec_(b"DEALLOCATE ALL")
         return answer
 
@@ -679,6 +691,39 @@ def test_a_step_commit_for_a_step_that_is_not_there_is_not_a_lost_lease(journal:
     assert [s.attempts for s in journal.timeline("r-1").steps] == [2]
     with pytest.raises(JournalError, match="no run r-2 in the journal"):
         journal.commit("r-2", {}, ops, renew=False)
+
+
+def test_a_step_commit_of_several_steps_writes_each_its_own_columns(journal: Journal) -> None:
+    """Several steps' columns are one UPDATE: each row gets its step's columns and
+    keeps the others, whichever steps set a column, and the UPDATE's count fences it."""
+    run = {"run_id": "r-1", "name": "a", "kind": "sync", "status": "running", "resumable": 0}
+    steps = [{"idx": i, "type": "t", "state": f'{{"i": {i}}}'} for i in range(4)]
+    journal.create({**run, "steps": 4}, steps, [("step", 2, {"attempts": 7, "error": "kept"})])
+    done = {"status": "succeeded", "attempts": 1, "finished_at": 5.0, "state": '{"i": 10}'}
+    ops: list[Any] = [
+        ("step", 2, {"status": "running", "started_at": 6.0, "next_retry_at": None}),
+        ("step", 0, done),
+        ("step", 2, {"attempts": 8}),  # merged with the first op of step 2
+        ("step", 1, {"error": None, "rollback_attempts": 3}),
+    ]
+    journal.commit("r-1", {}, ops, renew=False)
+    rows = [
+        (s.status, s.attempts, s.rollback_attempts, s.state, s.error, s.started_at, s.finished_at)
+        for s in journal.timeline("r-1").steps
+    ]
+    assert rows == [
+        ("succeeded", 1, 0, '{"i": 10}', None, None, 5.0),
+        ("pending", 0, 3, '{"i": 1}', None, None, None),
+        ("running", 8, 0, '{"i": 2}', "kept", 6.0, None),
+        ("pending", 0, 0, '{"i": 3}', None, None, None),
+    ]
+    other = open_journal(journal.url, heartbeat=False)
+    try:  # not its run: nothing written
+        with pytest.raises(LeaseLost):
+            other.commit("r-1", {}, [("step", 3, {"attempts": 9}), ("step", 0, done)], renew=False)
+    finally:
+        other.close()
+    assert journal.timeline("r-1").steps[3].attempts == 0
 
 
 def test_a_deadlock_with_a_claim_is_resolved_by_sending_again(
@@ -844,6 +889,8 @@ def test_a_ten_step_run_is_eleven_statements_none_locking_the_run(
     creates, steps, last = sent[0], sent[1:10], sent[10]
     assert creates.startswith("WITH r AS (INSERT INTO aq_runs")
     assert all(s == steps[0] and "FOR SHARE" not in s and "aq_runs" not in s for s in steps)
+    assert steps[0].startswith("UPDATE aq_steps SET")  # one UPDATE of both step rows
+    assert "WITH" not in steps[0]
     assert "UPDATE aq_runs" in last  # the outcome: the run's row, fenced by its owner
     assert sent[11:] == sent[:11]  # the same statements: prepared once, run again
     [conn] = journal._spare  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -113,6 +114,16 @@ def _fenced_by_steps(shape: tuple[Any, ...]) -> bool:
     """A commit of step columns only (no run column, no lease, no event)."""
     run_keys, step_keys, events = shape
     return run_keys is None and bool(step_keys) and not events
+
+
+@functools.lru_cache(maxsize=256)
+def _columns_by_step(step_keys: tuple[tuple[str, ...], ...]) -> dict[str, tuple[int, ...]]:
+    """Each column some of these steps set (in order), and which of them (by position) set it."""
+    columns: dict[str, tuple[int, ...]] = {}
+    for n, keys in enumerate(step_keys):
+        for column in keys:
+            columns[column] = (*columns.get(column, ()), n)
+    return columns
 
 
 def _numbered(sql: str) -> str:
@@ -584,7 +595,8 @@ class PostgresJournal(SQLJournal):
             lease = 0.0 if run.get("status") in TERMINAL else now + self.lease
             params = [*run.values(), lease, now, run_id, self.owner]
         elif _fenced_by_steps(shape):
-            params = []
+            sql = self._statements.get(shape) or self._commit_sql(shape)
+            return shape, sql, self._step_rows_params(run_id, merged, shape[1])
         else:
             params = [run_id]
         for index, columns in merged.items():
@@ -595,6 +607,8 @@ class PostgresJournal(SQLJournal):
 
     def _value(self, sql: str, params: Sequence[Any]) -> str | None:
         """The one value (as text) of the one row that ``sql`` returns, from a pooled connection.
+
+        A statement that returns no rows (an UPDATE) gives how many rows it wrote.
 
         The hot path of every queue: the statement is prepared once per
         connection and run through libpq directly (``Connection.pgconn``),
@@ -610,8 +624,13 @@ class PostgresJournal(SQLJournal):
         conn = self._lend()  # not _connection(): a context manager costs a commit 1.5 us
         try:
             if texts is None:
-                row = conn.execute(sql, [_without_nul(v) for v in params]).fetchone()
-                value = None if row is None or row[0] is None else str(row[0])
+                cursor = conn.execute(sql, [_without_nul(v) for v in params])
+                value: str | None
+                if cursor.description is None:  # no rows (an UPDATE): how many it wrote
+                    value = str(cursor.rowcount)
+                else:
+                    row = cursor.fetchone()
+                    value = None if row is None or row[0] is None else str(row[0])
             else:
                 value = self._run_prepared(conn.pgconn, sql, texts)
         except BaseException:
@@ -686,8 +705,12 @@ class PostgresJournal(SQLJournal):
         async with (await self._apool()).connection() as conn:
             if texts is None:
                 cursor = await conn.execute(sql, [_without_nul(v) for v in params])
-                row = await cursor.fetchone()
-                value = None if row is None or row[0] is None else str(row[0])
+                value: str | None
+                if cursor.description is None:  # no rows (an UPDATE): how many it wrote
+                    value = str(cursor.rowcount)
+                else:
+                    row = await cursor.fetchone()
+                    value = None if row is None or row[0] is None else str(row[0])
             else:
                 value = await self._arun_prepared(conn.pgconn, sql, texts)
         return value
@@ -743,16 +766,18 @@ class PostgresJournal(SQLJournal):
             prepared.add(name)
         pgconn.send_query_prepared(name, texts)
         try:
-            result = yield from self._result(pgconn, _TUPLES_OK)
+            result = yield from self._result(pgconn, _TUPLES_OK, _COMMAND_OK)
         except self._psycopg.errors.InvalidSqlStatementName:
             if again:  # gone again at once: something drops them (a pooler in between)
                 raise
             prepared.discard(name)  # dropped behind our back (DEALLOCATE): prepare it again
             return (yield from self._statement(pgconn, sql, texts, again=True))
+        if result.status == _COMMAND_OK:  # a statement without rows: how many it wrote
+            return str(result.command_tuples)
         value = result.get_value(0, 0) if result.ntuples else None
         return None if value is None else bytes(value).decode()
 
-    def _result(self, pgconn: Any, expected: int) -> Generator[int, None, Any]:
+    def _result(self, pgconn: Any, *expected: int) -> Generator[int, None, Any]:
         """Wait for the statement sent on ``pgconn``; return its result, or raise its error.
 
         ``get_result()`` is called only when ``is_busy()`` says it will not block:
@@ -772,7 +797,7 @@ class PostgresJournal(SQLJournal):
         if result is None or pgconn.status != 0:  # CONNECTION_OK
             message = pgconn.error_message.decode("utf-8", "replace").strip()
             raise self._psycopg.OperationalError(message or "the connection was lost")
-        if result.status != expected:
+        if result.status not in expected:
             raise self._psycopg.errors.error_from_result(result)
         return result
 
@@ -827,14 +852,7 @@ class PostgresJournal(SQLJournal):
         t = self.prefix
         run_keys, step_keys, events = key
         if _fenced_by_steps(key):
-            # The hot path (a step's result and the next one's start): each UPDATE
-            # checks the owner its step row carries, so the run's row is not locked.
-            # A claim changes that owner (by trigger) in the claim's transaction: an
-            # UPDATE that meets the claim's change waits for it, then finds the row
-            # no longer ours and writes nothing.
-            updates = ", ".join(self._step_updates(step_keys, "owner = %s"))
-            counts = " + ".join(f"(SELECT count(*) FROM s{n})" for n in range(len(step_keys)))
-            sql = f"WITH {updates} SELECT {counts}"
+            sql = self._step_rows_sql(step_keys)
             self._statements[key] = sql
             return sql
         if run_keys is None:
@@ -852,6 +870,47 @@ class PostgresJournal(SQLJournal):
         sql = "".join(parts)
         self._statements[key] = sql
         return sql
+
+    def _step_rows_sql(self, step_keys: tuple[tuple[str, ...], ...]) -> str:
+        """The hot path's commit (a step's result and the next one's start): one UPDATE.
+
+        It checks the owner each step row carries, so the run's row is not
+        locked: a claim changes that owner (by trigger) in the claim's
+        transaction, and an UPDATE that meets the claim's change waits for it,
+        then finds the row no longer ours and writes nothing. It returns no
+        rows: its result is how many it wrote. Several steps are one UPDATE of
+        their rows, each column set by step (``CASE idx WHEN ...``): a single
+        statement costs the server about a fifth less than one per row.
+        """
+        if len(step_keys) == 1:
+            check_columns(step_keys[0], UPDATABLE_STEP, "step")
+            sets = ", ".join(f"{c} = %s" for c in step_keys[0])
+            where = "idx = %s"
+        else:
+            columns = _columns_by_step(step_keys)
+            check_columns(columns, UPDATABLE_STEP, "step")
+            sets = ", ".join(
+                f"{c} = CASE idx{' WHEN %s THEN %s' * len(steps)} ELSE {c} END"
+                for c, steps in columns.items()
+            )
+            where = f"idx IN ({', '.join(['%s'] * len(step_keys))})"
+        return f"UPDATE {self.prefix}steps SET {sets} WHERE run_id = %s AND {where} AND owner = %s"
+
+    def _step_rows_params(
+        self, run_id: str, merged: dict[int, dict[str, Any]], step_keys: tuple[tuple[str, ...], ...]
+    ) -> list[Any]:
+        """The parameters of :meth:`_step_rows_sql`'s statement for these steps' columns."""
+        if len(merged) == 1:
+            [(index, values)] = merged.items()
+            return [*values.values(), run_id, index, self.owner]
+        indexes = list(merged)
+        rows = list(merged.values())
+        params: list[Any] = []
+        for column, steps in _columns_by_step(step_keys).items():
+            for n in steps:
+                params += (indexes[n], rows[n][column])
+        params += (run_id, *indexes, self.owner)
+        return params
 
     def _step_updates(self, step_keys: tuple[tuple[str, ...], ...], fence: str) -> list[str]:
         """The CTEs ``s0``, ``s1``... updating these steps' columns where ``fence`` holds."""
