@@ -233,6 +233,19 @@ class RunTimeline:
 Op = tuple[Any, ...]
 
 
+#: How many times this process is a child forked since it started (see Journal._check_usable):
+#: reading it costs nothing, unlike os.getpid(), a system call, on every journal write.
+_FORKS = [0]
+
+
+def _count_fork() -> None:
+    _FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork()
+    os.register_at_fork(after_in_child=_count_fork)
+
+
 def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -279,13 +292,14 @@ class Journal(abc.ABC):
         self._beat: threading.Thread | None = None
         self._stop = threading.Event()
         self._pid = os.getpid()
+        self._forks = _FORKS[0]
         self.closed = False
 
     def _check_usable(self) -> None:
         """Refuse use after close(), and in a child process forked after opening."""
         if self.closed:
             raise JournalError(f"the journal {self.url} is closed", self.url)
-        if os.getpid() != self._pid:
+        if _FORKS[0] != self._forks and os.getpid() != self._pid:
             raise JournalError(
                 f"the journal {self.url} was opened by process {self._pid} before it forked; "
                 f"open a journal of its own in this process ({os.getpid()}), after the fork",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import math
 import re
@@ -36,6 +35,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._journal import JournalError, LeaseLost, Op, fault
+from ._registry import json_encoder
 from ._sql import (
     RUN_STORED,
     STEP_COLUMNS,
@@ -58,6 +58,7 @@ _V = TypeVar("_V")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 _OUR_OPTIONS = ("schema", "table_prefix", "pool_size", "connect_timeout")
 _MISSING = object()
+_json_ascii = json_encoder(ensure_ascii=True, allow_nan=True)  # json.dumps's, compact
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open on the connection
 _TUPLES_OK = 2  # psycopg.pq.ExecStatus.TUPLES_OK: a statement's rows
 _COMMAND_OK = 1  # psycopg.pq.ExecStatus.COMMAND_OK: a statement without rows (PREPARE)
@@ -116,7 +117,6 @@ def _fenced_by_steps(shape: tuple[Any, ...]) -> bool:
     return run_keys is None and bool(step_keys) and not events
 
 
-@functools.lru_cache(maxsize=256)
 def _columns_by_step(step_keys: tuple[tuple[str, ...], ...]) -> dict[str, tuple[int, ...]]:
     """Each column some of these steps set (in order), and which of them (by position) set it."""
     columns: dict[str, tuple[int, ...]] = {}
@@ -124,6 +124,12 @@ def _columns_by_step(step_keys: tuple[tuple[str, ...], ...]) -> dict[str, tuple[
         for column in keys:
             columns[column] = (*columns.get(column, ()), n)
     return columns
+
+
+@functools.lru_cache(maxsize=256)
+def _case_order(step_keys: tuple[tuple[str, ...], ...]) -> tuple[tuple[int, str], ...]:
+    """The (step position, column) of each ``WHEN`` of a several-step commit, in order."""
+    return tuple((n, c) for c, steps in _columns_by_step(step_keys).items() for n in steps)
 
 
 def _numbered(sql: str) -> str:
@@ -464,10 +470,10 @@ class PostgresJournal(SQLJournal):
             else:
                 events.append(op[1:])
         params: list[Any] = [row[c] for c in RUN_STORED]
-        steps_json = json.dumps(list(rows.values()), separators=(",", ":"))
+        steps_json = _json_ascii(list(rows.values()))
         if "\\u0000" in steps_json:  # a NUL in a str (or that text itself): jsonb refuses NUL
             values = [{k: _without_nul(v) for k, v in r.items()} for r in rows.values()]
-            steps_json = json.dumps(values, separators=(",", ":"))
+            steps_json = _json_ascii(values)
         params.append(steps_json)
         params += self._event_params(run_id, now, events)
         sql = self._statements.get(("create", len(events))) or self._create_sql(len(events))
@@ -580,7 +586,8 @@ class PostgresJournal(SQLJournal):
         events: list[tuple[Any, ...]] = []
         for op in ops:
             if op[0] == "step":
-                merged.setdefault(op[1], {}).update(op[2])
+                index = op[1]
+                merged[index] = {**merged[index], **op[2]} if index in merged else op[2]
             else:
                 events.append(op[1:])
         writes_run = bool(run) or renew
@@ -906,9 +913,10 @@ class PostgresJournal(SQLJournal):
         indexes = list(merged)
         rows = list(merged.values())
         params: list[Any] = []
-        for column, steps in _columns_by_step(step_keys).items():
-            for n in steps:
-                params += (indexes[n], rows[n][column])
+        append = params.append
+        for n, column in _case_order(step_keys):  # (index, value) for each WHEN of each CASE
+            append(indexes[n])
+            append(rows[n][column])
         params += (run_id, *indexes, self.owner)
         return params
 

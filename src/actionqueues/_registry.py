@@ -156,7 +156,39 @@ def require_name(action: object, index: int) -> str:
     )
 
 
-_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
+def _default(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def json_encoder(*, ensure_ascii: bool, allow_nan: bool) -> Callable[[object], str]:
+    """A compact JSON encoder (``json.dumps(value, separators=(",", ":"), ...)``).
+
+    json's C encoder, made once: ``json.dumps`` and ``JSONEncoder.encode`` make
+    one per call, and a journaled step's state is encoded three times. It is
+    made without the circular-reference check: a value that contains itself
+    is a RecursionError (see :func:`_json`). Where there is no C encoder:
+    ``JSONEncoder.encode``.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - an interpreter without json's C encoder
+        encoder = json.JSONEncoder(
+            allow_nan=allow_nan, separators=(",", ":"), ensure_ascii=ensure_ascii
+        )
+        return encoder.encode
+    strings = (
+        json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    )
+    # (markers, default, strings, indent, key and item separators, sort_keys, skipkeys, allow_nan)
+    chunks = make(None, _default, strings, None, ":", ",", False, False, allow_nan)
+
+    def encode(value: object) -> str:
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
+#: Step states: UTF-8 text, no NaN (not JSON).
+_encode = json_encoder(ensure_ascii=False, allow_nan=False)
 # class -> its dataclass field names (dump_state runs twice per journaled step)
 _FIELDS: dict[type, tuple[str, ...]] = {}
 
@@ -164,6 +196,12 @@ _FIELDS: dict[type, tuple[str, ...]] = {}
 def _json(value: object, action: object, index: int) -> str:
     try:
         return _encode(value)
+    except RecursionError:  # the state holds itself (or is nested past the recursion limit)
+        exc: Exception = ValueError("it contains itself, or is nested too deep")
+        raise TypeError(
+            f"the state of step {index} ({action!r}) is not JSON data ({exc}); journaled "
+            f"state must be JSON"
+        ) from None
     except (TypeError, ValueError) as exc:  # the step's repr only now: it is not free
         raise TypeError(
             f"the state of step {index} ({action!r}) is not JSON data ({exc}); journaled "
