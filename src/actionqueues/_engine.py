@@ -831,12 +831,14 @@ class QueueCore:
         """
         done, failed = self._carried
         self._carried = (done + tuple(rolled_back), failed + tuple(failures))
-        if self._recorder is not None and not self._runs_async:  # async: the driver records
-            self._recorder.rollback_interrupted()
         self._started = index + 1
         self._state = EXECUTE
         self._failed = True
         self._interrupted = True
+        # Recorded once the queue can resume, as the async driver does: a write that
+        # raises (a second Ctrl-C) still leaves rollback() able to go on from here.
+        if self._recorder is not None and not self._runs_async:  # async: the driver records
+            self._recorder.rollback_interrupted()
 
     def _listeners_now(self) -> tuple[Listener, ...]:
         """The listeners of one run; empty (and cheap) when nobody listens."""

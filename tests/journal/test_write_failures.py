@@ -260,3 +260,57 @@ def test_a_journal_that_cannot_create_the_run_loses_nothing_and_blames_no_one(
     assert journal.runs() == []
     assert not [m for m in caplog.messages if "another process owns the run" in m]
     assert journal.heartbeat() == 0
+
+
+class SecondInterrupt:
+    """An ``inject_faults`` hook: a second Ctrl-C at the next journal write once armed."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def arm(self) -> None:
+        self.armed = True
+        raise KeyboardInterrupt
+
+    def __call__(self, point: str) -> None:
+        if point == "before_commit" and self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_rollback_interrupted_twice_still_resumes_and_loses_nothing(
+    journal: Journal, kind: str
+) -> None:
+    """Ctrl-C in a rollback, then again while the journal records it: rollback() resumes
+    at the interrupted step, in both drivers, and the journal ends with every step undone."""
+    second = SecondInterrupt()
+    WORLD.script("execute", "c", ValueError("no"))
+    WORLD.script("rollback", "b", second.arm)
+    if kind == "sync":
+        q = ActionQueue(journal=journal, name="abc")
+        for key in "abc":
+            q.add(Put(key))
+        with pytest.raises(ValueError, match="no"):
+            q.execute()
+        with inject_faults(second), pytest.raises(KeyboardInterrupt):
+            q.rollback()
+        assert "was interrupted while rolling back" in repr(q)
+        assert q.rollback().ok
+        run_id = q.run_id
+    else:  # a KeyboardInterrupt leaves asyncio.run's loop: one loop per call
+        aq = AsyncActionQueue(journal=journal, name="abc")
+        for key in "abc":
+            aq.add(AsyncPut(key))
+        with pytest.raises(ValueError, match="no"):
+            asyncio.run(aq.execute())
+        with inject_faults(second), pytest.raises(KeyboardInterrupt):
+            asyncio.run(aq.rollback())
+        assert "was interrupted while rolling back" in repr(aq)
+        assert asyncio.run(aq.rollback()).ok
+        run_id = aq.run_id
+    assert not second.armed  # the second interrupt did hit the journal write
+    assert WORLD.keys_called("rollback") == ["c", "b", "b", "a"]
+    assert run_id is not None
+    assert journal.timeline(run_id).run.status == "rolled_back"
+    assert statuses(journal, run_id) == ["rolled_back"] * 3
