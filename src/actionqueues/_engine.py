@@ -734,11 +734,16 @@ class QueueCore:
             emit(listeners, "on_queue_finished", QueueFinished(self, error, self._clock() - began))
 
     def _step_started(self, listeners: tuple[Listener, ...], index: int, action: object) -> float:
-        if self._recorder is not None and not self._runs_async:  # async: the driver records
+        recorder = self._recorder
+        if recorder is not None and not self._runs_async:  # async: the driver records
             try:
-                self._recorder.step_started(index, action)
+                recorder.step_started(index, action)
             except BaseException:
-                self._started = index  # not recorded, so not called: nothing to roll back
+                # Not recorded, so not called: nothing to roll back. Recorded, then
+                # interrupted: not called, but it counts as started (the journal says
+                # so), like a step whose process died there.
+                if recorder.recorded_start != index:
+                    self._started = index
                 raise
         if listeners:
             emit(listeners, "on_action_started", ActionStarted(self, index, action))

@@ -314,3 +314,46 @@ def test_a_rollback_interrupted_twice_still_resumes_and_loses_nothing(
     assert run_id is not None
     assert journal.timeline(run_id).run.status == "rolled_back"
     assert statuses(journal, run_id) == ["rolled_back"] * 3
+
+
+class InterruptAt:
+    """An ``inject_faults`` hook: one KeyboardInterrupt at the ``nth`` time ``point`` is reached."""
+
+    def __init__(self, point: str, nth: int) -> None:
+        self.point, self.nth = point, nth
+
+    def __call__(self, point: str) -> None:
+        if point == self.point:
+            self.nth -= 1
+            if self.nth == 0:
+                raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_step_interrupted_once_its_start_is_recorded_counts_as_started(
+    journal: Journal, kind: str
+) -> None:
+    """Ctrl-C after the journal recorded a step's start, before the call: the step counts
+    as started in both drivers (the journal says so, as after a crash there), so the
+    rollback undoes it too, and the journal ends saying what happened."""
+    if kind == "sync":
+        q = ActionQueue(journal=journal, name="abc")
+        for key in "abc":
+            q.add(Put(key))
+        with inject_faults(InterruptAt("after_step_record", 2)), pytest.raises(KeyboardInterrupt):
+            q.execute()
+        assert q.rollback().ok
+        run_id = q.run_id
+    else:  # a KeyboardInterrupt leaves asyncio.run's loop: one loop per call
+        aq = AsyncActionQueue(journal=journal, name="abc")
+        for key in "abc":
+            aq.add(AsyncPut(key))
+        with inject_faults(InterruptAt("after_step_record", 2)), pytest.raises(KeyboardInterrupt):
+            asyncio.run(aq.execute())
+        assert asyncio.run(aq.rollback()).ok
+        run_id = aq.run_id
+    assert WORLD.keys_called("execute") == ["a"]
+    assert WORLD.keys_called("rollback") == ["b", "a"]
+    assert run_id is not None
+    assert journal.timeline(run_id).run.status == "rolled_back"
+    assert statuses(journal, run_id) == ["rolled_back", "rolled_back", "pending"]
