@@ -23,6 +23,7 @@ from actionqueues import (
     Action,
     ActionQueue,
     ActionTimeoutError,
+    AsyncAction,
     AsyncActionQueue,
     AsyncFunctionStep,
     BaseListener,
@@ -582,6 +583,53 @@ def test_an_async_step_made_with_the_decorator_fails_in_the_sync_queue_without_a
             q.execute()
         gc.collect()
     assert [str(w.message) for w in caught] == []
+
+
+class Subscribe(AsyncAction):
+    """An AsyncAction: no ``# type: ignore[override]`` needed on its coroutines."""
+
+    def __init__(self, log: list[str], fail: bool = False) -> None:
+        self.log, self.fail = log, fail
+
+    async def execute(self) -> None:
+        await asyncio.sleep(0)
+        self.log.append("subscribed")
+        if self.fail:
+            raise ValueError("mail server said no")
+
+    async def rollback(self) -> None:
+        await asyncio.sleep(0)
+        self.log.append("unsubscribed")
+
+
+def test_an_async_action_runs_and_is_rolled_back_in_the_async_queue() -> None:
+    log: list[str] = []
+
+    async def main() -> None:
+        q = AsyncActionQueue()
+        first = q.add(Subscribe(log))
+        q.add(AsyncAction())  # the base's coroutines do nothing
+        q.add(Subscribe(log, fail=True))
+        with pytest.raises(ValueError, match="said no"):
+            await q.execute()
+        report = await q.rollback()
+        assert report.ok
+        assert first in report.rolled_back
+
+    asyncio.run(main())
+    assert log == ["subscribed", "subscribed", "unsubscribed", "unsubscribed"]
+
+
+def test_the_sync_queue_refuses_an_async_action_at_add() -> None:
+    """Refused at add(), every time: even once its class ran in an AsyncActionQueue."""
+    for _ in range(2):
+        aq = AsyncActionQueue()
+        aq.add(Subscribe([]))
+        asyncio.run(aq.execute())
+        q = ActionQueue()
+        with pytest.raises(TypeError, match=r"is an AsyncAction .* needs AsyncActionQueue"):
+            q.add(Subscribe([]))
+        assert len(q) == 0
 
 
 # -- cancellation ------------------------------------------------------------------------

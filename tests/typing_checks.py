@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from actionqueues import (
         Action,
         ActionQueue,
+        AsyncAction,
         AsyncActionQueue,
         AsyncFunctionStep,
         AsyncStepDefinition,
@@ -30,6 +31,20 @@ if TYPE_CHECKING:
     def adding_an_action_returns_that_action(q: ActionQueue, aq: AsyncActionQueue) -> None:
         assert_type(q.add(CreateUser()), CreateUser)
         assert_type(aq.add(CreateUser()), CreateUser)
+
+    class Subscribe(AsyncAction):
+        async def execute(self) -> None: ...  # no "ignore[override]": coroutines are its API
+
+        async def rollback(self) -> None: ...
+
+    class SyncOverride(AsyncAction):
+        def execute(self) -> None: ...  # type: ignore[override]
+
+    class AsyncOverride(Action):
+        async def execute(self) -> None: ...  # type: ignore[override]
+
+    def adding_an_async_action_returns_that_action(aq: AsyncActionQueue) -> None:
+        assert_type(aq.add(Subscribe()), Subscribe)
 
     def adding_a_function_returns_a_function_step_of_its_result(q: ActionQueue) -> None:
         assert_type(q.add(lambda: 1, undo=lambda x: None), FunctionStep[int])

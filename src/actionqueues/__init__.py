@@ -7,7 +7,7 @@ to retry, and on a real failure lets the caller roll back what already ran,
 in reverse order.
 """
 
-from ._action import Action, ActionLike
+from ._action import Action, ActionLike, AsyncAction
 from ._async import AsyncActionQueue
 from ._durable import StepContext, current_step
 from ._errors import (
@@ -76,6 +76,7 @@ __all__ = [
     "ActionStarted",
     "ActionSucceeded",
     "ActionTimeoutError",
+    "AsyncAction",
     "AsyncActionQueue",
     "AsyncFunctionStep",
     "AsyncStepDefinition",

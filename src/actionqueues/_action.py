@@ -1,10 +1,10 @@
-"""The action base class and the structural type every queued action satisfies."""
+"""The action base classes and the structural type every queued action satisfies."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["Action", "ActionLike"]
+__all__ = ["Action", "ActionLike", "AsyncAction"]
 
 
 class ActionLike(Protocol):
@@ -50,6 +50,51 @@ class Action:
 
     def rollback(self) -> None:
         """Roll back the side-effects of this action.
+
+        Called if a later action in the queue fails to execute, if this
+        action's own ``execute`` raised (its outcome may be partial), or if the
+        caller rolls back a queue that executed successfully.
+        """
+
+
+class AsyncAction:
+    """Base class for one step of an async queue: override the coroutines of ``Action``.
+
+    The async counterpart of :class:`Action` for an
+    :class:`~actionqueues.AsyncActionQueue`: its ``execute`` and ``rollback``
+    are coroutines (``Action``'s are plain, so an ``async def`` override of
+    them is a type error). Both do nothing by default. A plain
+    ``ActionQueue`` refuses it at ``add()``: nothing there would await it.
+
+    Example:
+        >>> import asyncio
+        >>> from actionqueues import AsyncActionQueue
+        >>> class Subscribe(AsyncAction):
+        ...     def __init__(self, lists: set[str], address: str) -> None:
+        ...         self.lists, self.address = lists, address
+        ...     async def execute(self) -> None:
+        ...         await asyncio.sleep(0)  # a network call
+        ...         self.lists.add(self.address)
+        ...     async def rollback(self) -> None:
+        ...         self.lists.discard(self.address)
+        >>> subscribed: set[str] = set()
+        >>> q = AsyncActionQueue()
+        >>> _ = q.add(Subscribe(subscribed, "ada@example.com"))
+        >>> asyncio.run(q.execute())
+        >>> subscribed
+        {'ada@example.com'}
+    """
+
+    async def execute(self) -> None:
+        """Execute this action (awaited by the queue).
+
+        Save state on the object to allow for rollback of side-effects.
+        Raise any exception to fail the queue, or ``ActionRetryException``
+        to be called again after a backoff.
+        """
+
+    async def rollback(self) -> None:
+        """Roll back the side-effects of this action (awaited by the queue).
 
         Called if a later action in the queue fails to execute, if this
         action's own ``execute`` raised (its outcome may be partial), or if the

@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
-from ._action import ActionLike
+from ._action import ActionLike, AsyncAction
 from ._durable import RunRecorder
 from ._errors import ActionRetryException, QueueStateError, RetryLimitExceeded
 from ._events import (
@@ -99,7 +99,7 @@ _ACTION_CLASSES_MAX = 4096
 def _is_action(action: object) -> bool:
     cls = action.__class__
     if callable(getattr(cls, "execute", None)) and callable(getattr(cls, "rollback", None)):
-        if issubclass(cls, (AsyncFunctionStep, ParallelGroup)):
+        if issubclass(cls, (AsyncFunctionStep, AsyncAction, ParallelGroup)):
             return True  # never cached: add() must look at these every time
         if len(_ACTION_CLASSES) >= _ACTION_CLASSES_MAX:
             _ACTION_CLASSES.clear()
@@ -607,6 +607,11 @@ class QueueCore:
             raise TypeError(
                 f"{step!r} is an async step (a coroutine function: async steps need "
                 f"AsyncActionQueue, run with await q.execute())"
+            )
+        if isinstance(step, AsyncAction) and not self._runs_async:
+            raise TypeError(
+                f"{step!r} is an AsyncAction (its execute() and rollback() are coroutines): "
+                f"it needs AsyncActionQueue, run with await q.execute()"
             )
         return step
 

@@ -19,6 +19,7 @@ import pytest
 from actionqueues import (
     Action,
     ActionQueue,
+    AsyncAction,
     Journal,
     current_step,
     register_action,
@@ -120,18 +121,18 @@ class Put(Action):
 
 @register_action("tests.journal.async_put")
 @dataclass
-class AsyncPut(Action):
+class AsyncPut(AsyncAction):
     """Put, with coroutine methods (for AsyncActionQueue)."""
 
     key: str
     receipt: str | None = None
 
-    async def execute(self) -> None:  # type: ignore[override]
+    async def execute(self) -> None:
         WORLD.call("execute", self.key)
         WORLD.ledger[self.key] = 1
         self.receipt = f"receipt-{self.key}"
 
-    async def rollback(self) -> None:  # type: ignore[override]
+    async def rollback(self) -> None:
         WORLD.call("rollback", self.key)
         WORLD.ledger.pop(self.key, None)
 
