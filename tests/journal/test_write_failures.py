@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -278,6 +280,23 @@ class SecondInterrupt:
             raise KeyboardInterrupt
 
 
+def abc_queue(journal: Journal, kind: str) -> tuple[Any, Callable[[str], Any]]:
+    """A queue (``kind`` sync or async) of Put a, b, c, and a function calling one of its
+    methods (an async one in a loop of its own: a KeyboardInterrupt leaves asyncio.run's)."""
+    q: Any = ActionQueue(journal=journal, name="abc")
+    put: Any = Put
+    if kind == "async":
+        q, put = AsyncActionQueue(journal=journal, name="abc"), AsyncPut
+    for key in "abc":
+        q.add(put(key))
+
+    def call(method: str) -> Any:
+        result = getattr(q, method)()
+        return asyncio.run(result) if kind == "async" else result
+
+    return q, call
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_rollback_interrupted_twice_still_resumes_and_loses_nothing(
     journal: Journal, kind: str
@@ -287,33 +306,18 @@ def test_a_rollback_interrupted_twice_still_resumes_and_loses_nothing(
     second = SecondInterrupt()
     WORLD.script("execute", "c", ValueError("no"))
     WORLD.script("rollback", "b", second.arm)
-    if kind == "sync":
-        q = ActionQueue(journal=journal, name="abc")
-        for key in "abc":
-            q.add(Put(key))
-        with pytest.raises(ValueError, match="no"):
-            q.execute()
-        with inject_faults(second), pytest.raises(KeyboardInterrupt):
-            q.rollback()
-        assert "was interrupted while rolling back" in repr(q)
-        assert q.rollback().ok
-        run_id = q.run_id
-    else:  # a KeyboardInterrupt leaves asyncio.run's loop: one loop per call
-        aq = AsyncActionQueue(journal=journal, name="abc")
-        for key in "abc":
-            aq.add(AsyncPut(key))
-        with pytest.raises(ValueError, match="no"):
-            asyncio.run(aq.execute())
-        with inject_faults(second), pytest.raises(KeyboardInterrupt):
-            asyncio.run(aq.rollback())
-        assert "was interrupted while rolling back" in repr(aq)
-        assert asyncio.run(aq.rollback()).ok
-        run_id = aq.run_id
+    q, call = abc_queue(journal, kind)
+    with pytest.raises(ValueError, match="no"):
+        call("execute")
+    with inject_faults(second), pytest.raises(KeyboardInterrupt):
+        call("rollback")
+    assert "was interrupted while rolling back" in repr(q)
+    assert call("rollback").ok
     assert not second.armed  # the second interrupt did hit the journal write
     assert WORLD.keys_called("rollback") == ["c", "b", "b", "a"]
-    assert run_id is not None
-    assert journal.timeline(run_id).run.status == "rolled_back"
-    assert statuses(journal, run_id) == ["rolled_back"] * 3
+    assert q.run_id is not None
+    assert journal.timeline(q.run_id).run.status == "rolled_back"
+    assert statuses(journal, q.run_id) == ["rolled_back"] * 3
 
 
 class InterruptAt:
@@ -336,24 +340,12 @@ def test_a_step_interrupted_once_its_start_is_recorded_counts_as_started(
     """Ctrl-C after the journal recorded a step's start, before the call: the step counts
     as started in both drivers (the journal says so, as after a crash there), so the
     rollback undoes it too, and the journal ends saying what happened."""
-    if kind == "sync":
-        q = ActionQueue(journal=journal, name="abc")
-        for key in "abc":
-            q.add(Put(key))
-        with inject_faults(InterruptAt("after_step_record", 2)), pytest.raises(KeyboardInterrupt):
-            q.execute()
-        assert q.rollback().ok
-        run_id = q.run_id
-    else:  # a KeyboardInterrupt leaves asyncio.run's loop: one loop per call
-        aq = AsyncActionQueue(journal=journal, name="abc")
-        for key in "abc":
-            aq.add(AsyncPut(key))
-        with inject_faults(InterruptAt("after_step_record", 2)), pytest.raises(KeyboardInterrupt):
-            asyncio.run(aq.execute())
-        assert asyncio.run(aq.rollback()).ok
-        run_id = aq.run_id
+    q, call = abc_queue(journal, kind)
+    with inject_faults(InterruptAt("after_step_record", 2)), pytest.raises(KeyboardInterrupt):
+        call("execute")
+    assert call("rollback").ok
     assert WORLD.keys_called("execute") == ["a"]
     assert WORLD.keys_called("rollback") == ["b", "a"]
-    assert run_id is not None
-    assert journal.timeline(run_id).run.status == "rolled_back"
-    assert statuses(journal, run_id) == ["rolled_back", "rolled_back", "pending"]
+    assert q.run_id is not None
+    assert journal.timeline(q.run_id).run.status == "rolled_back"
+    assert statuses(journal, q.run_id) == ["rolled_back", "rolled_back", "pending"]
