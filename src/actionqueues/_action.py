@@ -58,7 +58,7 @@ class Action:
 
 
 class AsyncAction:
-    """Base class for one step of an async queue: override the coroutines of ``Action``.
+    """Base class for one step of an async queue: the coroutine counterpart of ``Action``.
 
     The async counterpart of :class:`Action` for an
     :class:`~actionqueues.AsyncActionQueue`: its ``execute`` and ``rollback``

@@ -207,7 +207,7 @@ class RunRecorder:
         self.lost = False  # another process claimed the run: stop calling and writing
         self.write_failed = False  # a write failed while rolling back (logged once)
         self.cancelled = False  # the task was cancelled during an async write
-        self.recorded_start = -1  # the last step whose start was committed
+        self.recorded_start = -1  # the last step whose start was (or may have been) committed
         # (attempts already made, Unix time of the first) per (index, method), from a journal
         self.seeds: dict[tuple[int, str], tuple[int, float | None]] = {}
         # retry_rollback(): the rollback policy's attempts and deadline start afresh
@@ -429,9 +429,13 @@ class RunRecorder:
         self.ops.append(op)
         try:
             yield None
-        except BaseException:
+        except BaseException as exc:
             # Not recorded, so execute() will not be called: only the earlier results stay.
             self.ops = [o for o in self.ops if o is not op]
+            if not isinstance(exc, Exception):
+                # An interrupt (Ctrl-C) during the write: the start may have landed, so
+                # the step counts as started (its rollback is called, as after a crash).
+                self.recorded_start = index
             raise
         self.recorded_start = index
         fault("after_step_record")

@@ -233,8 +233,10 @@ class RunTimeline:
 Op = tuple[Any, ...]
 
 
-#: How many times this process is a child forked since it started (see Journal._check_usable):
+#: How many forks made this process from the one that started (see Journal._check_usable):
 #: reading it costs nothing, unlike os.getpid(), a system call, on every journal write.
+#: Python's own fork paths (os.fork, multiprocessing) count; a bare C fork() that skips
+#: PyOS_AfterFork_Child does not.
 _FORKS = [0]
 
 
@@ -299,7 +301,7 @@ class Journal(abc.ABC):
         """Refuse use after close(), and in a child process forked after opening."""
         if self.closed:
             raise JournalError(f"the journal {self.url} is closed", self.url)
-        if _FORKS[0] != self._forks and os.getpid() != self._pid:
+        if _FORKS[0] != self._forks:
             raise JournalError(
                 f"the journal {self.url} was opened by process {self._pid} before it forked; "
                 f"open a journal of its own in this process ({os.getpid()}), after the fork",

@@ -61,7 +61,7 @@ _MISSING = object()
 _json_ascii = json_encoder(ensure_ascii=True, allow_nan=True)  # json.dumps's, compact
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open on the connection
 _TUPLES_OK = 2  # psycopg.pq.ExecStatus.TUPLES_OK: a statement's rows
-_COMMAND_OK = 1  # psycopg.pq.ExecStatus.COMMAND_OK: a statement without rows (PREPARE)
+_COMMAND_OK = 1  # psycopg.pq.ExecStatus.COMMAND_OK: a statement without rows (PREPARE, UPDATE)
 _READABLE, _WRITABLE = 0, 1  # what a statement waits for on its socket
 _BACK_TO_POOL = 1000  # every so many statements, the spare connection goes back to the pool
 _HAS_POLL = hasattr(select, "poll")

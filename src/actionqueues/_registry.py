@@ -163,11 +163,12 @@ def _default(value: object) -> object:
 def json_encoder(*, ensure_ascii: bool, allow_nan: bool) -> Callable[[object], str]:
     """A compact JSON encoder (``json.dumps(value, separators=(",", ":"), ...)``).
 
-    json's C encoder, made once: ``json.dumps`` and ``JSONEncoder.encode`` make
-    one per call, and a journaled step's state is encoded three times. It is
-    made without the circular-reference check: a value that contains itself
-    is a RecursionError (see :func:`_json`). Where there is no C encoder:
-    ``JSONEncoder.encode``.
+    json's C encoder, called directly: ``json.dumps`` and ``JSONEncoder.encode``
+    go through ``iterencode`` and a new ``JSONEncoder`` or closures on every
+    call, and a journaled step's state is encoded three times. Each call
+    gets its own circular-reference markers, so a value that contains
+    itself is a ValueError, as with ``json.dumps``. Where there is no C
+    encoder: ``JSONEncoder.encode``.
     """
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # pragma: no cover - an interpreter without json's C encoder
@@ -178,10 +179,10 @@ def json_encoder(*, ensure_ascii: bool, allow_nan: bool) -> Callable[[object], s
     strings = (
         json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
     )
-    # (markers, default, strings, indent, key and item separators, sort_keys, skipkeys, allow_nan)
-    chunks = make(None, _default, strings, None, ":", ",", False, False, allow_nan)
 
     def encode(value: object) -> str:
+        # (markers, default, strings, indent, separators, sort_keys, skipkeys, allow_nan)
+        chunks = make({}, _default, strings, None, ":", ",", False, False, allow_nan)
         return "".join(chunks(value, 0))
 
     return encode
@@ -196,12 +197,6 @@ _FIELDS: dict[type, tuple[str, ...]] = {}
 def _json(value: object, action: object, index: int) -> str:
     try:
         return _encode(value)
-    except RecursionError:  # the state holds itself (or is nested past the recursion limit)
-        exc: Exception = ValueError("it contains itself, or is nested too deep")
-        raise TypeError(
-            f"the state of step {index} ({action!r}) is not JSON data ({exc}); journaled "
-            f"state must be JSON"
-        ) from None
     except (TypeError, ValueError) as exc:  # the step's repr only now: it is not free
         raise TypeError(
             f"the state of step {index} ({action!r}) is not JSON data ({exc}); journaled "

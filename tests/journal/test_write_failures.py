@@ -333,15 +333,16 @@ class InterruptAt:
                 raise KeyboardInterrupt
 
 
+@pytest.mark.parametrize("point", ["before_commit", "after_commit", "after_step_record"])
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_a_step_interrupted_once_its_start_is_recorded_counts_as_started(
-    journal: Journal, kind: str
+def test_a_step_interrupted_while_its_start_is_recorded_counts_as_started(
+    journal: Journal, kind: str, point: str
 ) -> None:
-    """Ctrl-C after the journal recorded a step's start, before the call: the step counts
-    as started in both drivers (the journal says so, as after a crash there), so the
-    rollback undoes it too, and the journal ends saying what happened."""
+    """Ctrl-C while the journal records a step's start (it may have landed) or after, before
+    the call: the step counts as started in both drivers (as after a crash there), so the
+    rollback undoes it too, and the journal ends saying so."""
     q, call = abc_queue(journal, kind)
-    with inject_faults(InterruptAt("after_step_record", 2)), pytest.raises(KeyboardInterrupt):
+    with inject_faults(InterruptAt(point, 2)), pytest.raises(KeyboardInterrupt):
         call("execute")
     assert call("rollback").ok
     assert WORLD.keys_called("execute") == ["a"]
