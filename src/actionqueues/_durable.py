@@ -239,8 +239,13 @@ class RunRecorder:
 
         The write is shielded from cancellation: a commit the server may have
         applied must be known to have been, or not. A cancellation that came
-        meanwhile is raised when the hook ends (see :meth:`_adrive`).
+        meanwhile is raised when the hook ends (see :meth:`_adrive`). A journal
+        whose async writes are its blocking ones (SQLite's) never awaits in
+        them, so nothing can come meanwhile: its write is simply made.
         """
+        if _writes_block(self.journal):
+            self._flush()
+            return
         ops, run = self._take()
         write = asyncio.ensure_future(self._awrite(ops, run))
         try:
@@ -680,6 +685,13 @@ class RunRecorder:
             self.write_failed = True
             _log_write_failure(self, exc, what)
         return False
+
+
+def _writes_block(journal: Journal) -> bool:
+    """Whether ``journal``'s async writes are :class:`Journal`'s, which call the blocking ones."""
+    acommit = getattr(journal.acommit, "__func__", None)
+    acreate = getattr(journal.acreate, "__func__", None)
+    return acommit is Journal.acommit and acreate is Journal.acreate
 
 
 def _log_write_failure(recorder: RunRecorder, exc: JournalError, what: str) -> None:

@@ -403,3 +403,30 @@ def test_an_async_step_function_in_flight_at_the_crash_needs_attention(
     assert (result.outcome, result.status) == ("rolled_back", "rolled_back")
     assert statuses(journal, run_id) == ["rolled_back", "rolled_back"]
     assert WORLD.undone == []
+
+
+def test_an_async_write_gets_a_shielding_task_only_if_the_journal_awaits(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal whose async writes are its blocking ones (SQLite) writes inline: nothing can
+    cancel such a write midway. One that awaits (PostgreSQL) gets a task shielding each write
+    from cancellation: here 4 (the create, 2 step commits, the outcome)."""
+    shielded: list[object] = []
+    ensure_future = asyncio.ensure_future
+
+    def counting(coroutine: Any) -> Any:
+        shielded.append(coroutine)
+        return ensure_future(coroutine)
+
+    monkeypatch.setattr(asyncio, "ensure_future", counting)
+
+    async def main() -> None:
+        q = AsyncActionQueue(journal=journal)
+        for key in "abc":
+            q.add(AsyncPut(key))
+        await q.execute()
+
+    asyncio.run(main())
+    awaits = type(journal).acommit is not Journal.acommit
+    assert len(shielded) == (4 if awaits else 0)
+    assert WORLD.ledger == {"a": 1, "b": 1, "c": 1}
