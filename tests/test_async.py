@@ -620,15 +620,24 @@ def test_an_async_action_runs_and_is_rolled_back_in_the_async_queue() -> None:
     assert log == ["subscribed", "subscribed", "unsubscribed", "unsubscribed"]
 
 
-def test_the_sync_queue_refuses_an_async_action_at_add() -> None:
+class PlainSubscribe:
+    """Not an AsyncAction, but its methods are coroutine functions all the same."""
+
+    async def execute(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+@pytest.mark.parametrize("make", [lambda: Subscribe([]), PlainSubscribe])
+def test_the_sync_queue_refuses_an_async_action_at_add(make: Callable[[], Any]) -> None:
     """Refused at add(), every time: even once its class ran in an AsyncActionQueue."""
     for _ in range(2):
         aq = AsyncActionQueue()
-        aq.add(Subscribe([]))
+        aq.add(make())
         asyncio.run(aq.execute())
         q = ActionQueue()
-        with pytest.raises(TypeError, match=r"is an AsyncAction .* needs AsyncActionQueue"):
-            q.add(Subscribe([]))
+        with pytest.raises(TypeError, match=r"is an async action .* needs AsyncActionQueue"):
+            q.add(make())
         assert len(q) == 0
 
 

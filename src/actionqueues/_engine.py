@@ -17,6 +17,7 @@ States keep the values of 0.8.2's ``aqstatemachine`` constants::
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import sys
@@ -96,10 +97,17 @@ _ACTION_CLASSES: set[type] = set()
 _ACTION_CLASSES_MAX = 4096
 
 
+def _has_coroutine_methods(cls: type) -> bool:
+    """Whether ``cls``'s ``execute`` or ``rollback`` is a coroutine function (async def)."""
+    return issubclass(cls, AsyncAction) or any(
+        inspect.iscoroutinefunction(getattr(cls, name, None)) for name in ("execute", "rollback")
+    )
+
+
 def _is_action(action: object) -> bool:
     cls = action.__class__
     if callable(getattr(cls, "execute", None)) and callable(getattr(cls, "rollback", None)):
-        if issubclass(cls, (AsyncFunctionStep, AsyncAction, ParallelGroup)):
+        if issubclass(cls, (AsyncFunctionStep, ParallelGroup)) or _has_coroutine_methods(cls):
             return True  # never cached: add() must look at these every time
         if len(_ACTION_CLASSES) >= _ACTION_CLASSES_MAX:
             _ACTION_CLASSES.clear()
@@ -608,10 +616,10 @@ class QueueCore:
                 f"{step!r} is an async step (a coroutine function: async steps need "
                 f"AsyncActionQueue, run with await q.execute())"
             )
-        if isinstance(step, AsyncAction) and not self._runs_async:
+        if not self._runs_async and _has_coroutine_methods(type(step)):
             raise TypeError(
-                f"{step!r} is an AsyncAction (its execute() and rollback() are coroutines): "
-                f"it needs AsyncActionQueue, run with await q.execute()"
+                f"{step!r} is an async action (its execute() or rollback() is a coroutine "
+                f"function): it needs AsyncActionQueue, run with await q.execute()"
             )
         return step
 
