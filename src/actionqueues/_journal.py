@@ -22,6 +22,7 @@ import os
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -539,9 +540,26 @@ def open_journal(url: str | os.PathLike[str], **options: Any) -> Journal:
 
         return open_postgres(text, **options)
     raise ValueError(
-        f"unsupported journal URL {text!r}: use sqlite:///path.db (embedded), "
+        f"unsupported journal URL {redact(text)!r}: use sqlite:///path.db (embedded), "
         f"sqlite:// (in memory) or postgresql://..."
     )
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for messages and ``Journal.url``)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+        if password is None:
+            return url
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host += f":{parts.port}"
+    except ValueError:  # not a URL urllib can take apart (a bad port, a bad IPv6 address)
+        scheme, sep, rest = url.partition("://")
+        return f"{scheme}{sep}***" if sep and "@" in rest.partition("/")[0] else url
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def step_key(run_id: str, index: int) -> str:

@@ -34,7 +34,7 @@ from collections.abc import (
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from ._journal import JournalError, LeaseLost, Op, fault
+from ._journal import JournalError, LeaseLost, Op, fault, redact
 from ._registry import json_encoder
 from ._sql import (
     RUN_STORED,
@@ -97,18 +97,6 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     ours = {k: v for k, v in query if k in _OUR_OPTIONS}
     rest = urllib.parse.urlencode([(k, v) for k, v in query if k not in _OUR_OPTIONS])
     return urllib.parse.urlunsplit(parts._replace(query=rest)), ours
-
-
-def redact(url: str) -> str:
-    """``url`` without its password (for messages and ``Journal.url``)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host += f":{parts.port}"
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _fenced_by_steps(shape: tuple[Any, ...]) -> bool:

@@ -24,6 +24,8 @@ from .helpers import Put
     ("url", "message"),
     [
         ("mysql://user@host/db", "unsupported journal URL"),
+        ("postgresql+psycopg://u:secret@host/db", r"unsupported journal URL 'postgresql\+psy"),
+        ("mysql://u:secret@host:99999/db", "unsupported journal URL 'mysql://\\*\\*\\*'"),
         ("http://example.com/runs.db", "unsupported journal URL"),
         ("sqlite:/runs.db", "sqlite:///relative/path.db"),
         ("sqlite:runs.db", "sqlite:///relative/path.db"),
