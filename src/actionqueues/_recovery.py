@@ -231,7 +231,9 @@ def _finish(
         return RecoveredRun(
             run.run_id, run.name, "lost", journal.timeline(run.run_id).run.status, str(exc)
         )
-    except Exception as exc:  # a bug, or an action raising where it must not: never lose the run
+    except (Exception, SystemExit, asyncio.CancelledError) as exc:
+        # A bug, or an action raising where it must not (even sys.exit()): never lose the
+        # run, and go on with the others (only the operator's Ctrl-C stops recovery).
         logger.exception(
             "run %s (%s): recovery failed unexpectedly",
             run.run_id,

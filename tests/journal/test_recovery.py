@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -658,3 +659,23 @@ def test_an_unexpected_error_while_finishing_a_run_marks_it_and_recovery_moves_o
     assert WORLD.keys_called("rollback") == ["a", "b"]
     assert journal.heartbeat() == 0
     assert recover(journal).runs == ()  # the marked run waits for an operator
+
+
+@pytest.mark.parametrize("escape", [SystemExit(0), asyncio.CancelledError()])
+def test_a_rollback_that_exits_during_recovery_needs_attention_and_recovery_goes_on(
+    journal: Journal, open_other: OpenOther, escape: BaseException
+) -> None:
+    """A rollback raising SystemExit or CancelledError (not an Exception) while recovering:
+    that run is marked needs_attention, and recovery goes on with the next run (a worker
+    thread would otherwise die on it, then the next worker on the same run)."""
+    poisoned = crashed_run(journal, "after_execute", nth=2, keys="ab")
+    healthy = crashed_run(journal, "after_execute", nth=2, keys="cd")
+    WORLD.script("rollback", "a", escape)
+    report = recover(open_other())
+    outcomes = {r.run_id: (r.outcome, r.status) for r in report.runs}
+    assert outcomes == {
+        poisoned: ("unrecoverable", "needs_attention"),
+        healthy: ("rolled_back", "rolled_back"),
+    }
+    assert type(escape).__name__ in str(journal.timeline(poisoned).run.error)
+    assert WORLD.ledger == {"a": 1}  # its rollback never finished: a human looks
