@@ -549,6 +549,9 @@ def test_text_log_lines_colour_the_outcome_and_hide_tracebacks_unless_verbose() 
     assert "\033[1;31mERROR" in quiet
     assert "Traceback" not in quiet
     assert "Traceback" in TextLogFormatter(Painter(False), verbose=True).format(failure)
+    died = logging.LogRecord("actionqueues", logging.CRITICAL, __file__, 1, "it died", (), None)
+    died.created = 0.0
+    assert TextLogFormatter(Painter(False)).format(died).endswith(" CRITICAL it died")
 
 
 def test_a_journal_error_is_logged_and_retried_after_a_growing_wait(
@@ -603,7 +606,7 @@ def test_worker_arguments_are_checked(journal: Journal) -> None:
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ValueError, match="concurrency"):
             Worker(journal, concurrency=bad)  # type: ignore[arg-type]
-    for poll in (0, -1, math.nan, math.inf, True, "1"):
+    for poll in (0, -1, math.nan, math.inf, True, "1", 1e10, 86400.5):
         with pytest.raises(ValueError, match="poll"):
             Worker(journal, poll=poll)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="progress_every"):
@@ -808,7 +811,14 @@ def test_the_worker_command_refuses_runs_of_unregistered_action_types_unless_for
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--poll", "0"), ("--poll", "soon"), ("--lease", "-1"), ("--concurrency", "0")],
+    [
+        ("--poll", "0"),
+        ("--poll", "soon"),
+        ("--poll", "1e10"),  # past threading.TIMEOUT_MAX: a wait would raise OverflowError
+        ("--lease", "-1"),
+        ("--lease", "1e300"),
+        ("--concurrency", "0"),
+    ],
 )
 def test_the_worker_command_rejects_bad_arguments(
     option: str, value: str, capsys: pytest.CaptureFixture[str]
@@ -818,6 +828,21 @@ def test_the_worker_command_rejects_bad_arguments(
         main(["worker", "--journal", "sqlite://", option, value])
     assert exited.value.code == 2
     assert option in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX signals")
+def test_the_first_signal_stops_even_a_worker_already_stopping_of_its_own(
+    journal: Journal,
+) -> None:
+    """A worker stopping because a thread died: the operator's first SIGTERM asks for the
+    clean stop (the runs in hand finish), not the abort that a second signal means."""
+    worker = Worker(journal)
+    worker.stop("a worker thread died")
+    with worker_module._signals(worker):
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert not worker._aborting  # the runs in hand are not released
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert worker._aborting
 
 
 # -- actionqueues worker, as a process receiving signals ----------------------------------

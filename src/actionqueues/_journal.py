@@ -281,7 +281,9 @@ class Journal(abc.ABC):
         heartbeat: bool = True,
     ) -> None:
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < 1e9:
-            raise ValueError(f"lease must be a number of seconds > 0, got {lease!r}")
+            raise ValueError(
+                f"lease must be a number of seconds > 0 and < 1e9 (about 31 years), got {lease!r}"
+            )
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a callable returning Unix time, got {clock!r}")
         if owner is not None and (not isinstance(owner, str) or not owner):

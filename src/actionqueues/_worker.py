@@ -144,14 +144,22 @@ def _counts(counter: Counter[str]) -> tuple[tuple[str, int], ...]:
     return tuple((name, counter[name]) for name in OUTCOMES if counter[name])
 
 
+#: The longest wait a worker takes (``poll``, a backoff): a day. Longer ones are surely
+#: mistakes, and past threading.TIMEOUT_MAX a wait raises OverflowError.
+_LONGEST_WAIT = 86400.0
+
+
 def _positive(name: str, value: object) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
         or not math.isfinite(value)
-        or value <= 0
+        or not 0 < value <= _LONGEST_WAIT
     ):
-        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        raise ValueError(
+            f"{name} must be a number of seconds > 0 and at most {_LONGEST_WAIT:g} (a day), "
+            f"got {value!r}"
+        )
     return float(value)
 
 
@@ -675,9 +683,10 @@ class TextLogFormatter(logging.Formatter):
         if isinstance(outcome, str) and message.startswith(outcome):
             message = self.paint.status(outcome) + message[len(outcome) :]
         level = record.levelname
+        shown = level.ljust(max(8, len(level) + 1))  # CRITICAL too keeps a space after it
         text = (
             f"{self.paint.dim(iso(record.created) or '')} "
-            f"{self.paint(_LEVEL_COLOR.get(level, ''), level.ljust(8))}{message}"
+            f"{self.paint(_LEVEL_COLOR.get(level, ''), shown)}{message}"
         )
         if self.verbose and record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
@@ -704,13 +713,15 @@ def _logging_to(handler: logging.Handler) -> Iterator[None]:
 
 
 def seconds(text: str) -> float:
-    """A finite number of seconds > 0 (``--poll``, ``--lease``)."""
+    """A number of seconds > 0 and at most a day (``--poll``, ``--lease``)."""
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    if not 0 < value <= _LONGEST_WAIT:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds > 0 and at most {_LONGEST_WAIT:g} (a day), got {text!r}"
+        )
     return value
 
 
@@ -798,9 +809,12 @@ def _signals(worker: Worker) -> Iterator[None]:
         yield  # signals can only be handled in the main thread
         return
 
+    received: list[str] = []
+
     def handle(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if worker.stopping:
+        received.append(name)
+        if len(received) > 1:  # the second signal, not the first after a stop of its own
             worker.abort(f"{name} again")
         else:
             worker.stop(name)
