@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 from ._action import ActionLike
 from ._engine import (
     _NO_OPTIONS,
-    ROLLBACK_COMPLETE,
     QueueCore,
     Retrier,
     _note_rollback,
@@ -319,8 +318,12 @@ class AsyncActionQueue(QueueCore):
                 await self._recorder.arollback_interrupted()
             raise
         if self._recorder is not None:
-            self._state = ROLLBACK_COMPLETE
-            await self._recorder.arollback_done()
+            try:
+                await self._recorder.arollback_done()
+            except BaseException:
+                self._outcome_interrupted(rolled_back, failures)
+                await self._recorder.arollback_interrupted()
+                raise
         return self._rollback_done(listeners, rolled_back, failures)
 
     async def _bounded_rollback(

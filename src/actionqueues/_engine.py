@@ -826,9 +826,13 @@ class QueueCore:
         rolled_back: Sequence[object],
         failures: Sequence[RollbackFailure],
     ) -> RollbackReport:
-        self._state = ROLLBACK_COMPLETE
         if self._recorder is not None and not self._runs_async:  # async: the driver records
-            self._recorder.rollback_done()
+            try:
+                self._recorder.rollback_done()
+            except BaseException:
+                self._outcome_interrupted(rolled_back, failures)
+                raise
+        self._state = ROLLBACK_COMPLETE
         done, failed = self._carried
         report = new_report(done + tuple(rolled_back), failed + tuple(failures))
         if listeners:
@@ -838,6 +842,16 @@ class QueueCore:
     def _should_roll_back_on_exit(self) -> bool:
         """Whether a ``with`` block that raised must roll back: execute() has started."""
         return self._state == EXECUTE_COMPLETE or (self._state == EXECUTE and self._failed)
+
+    def _outcome_interrupted(
+        self, rolled_back: Iterable[object], failures: Iterable[RollbackFailure]
+    ) -> None:
+        """Writing the rollback's outcome raised (Ctrl-C): let rollback() record it again.
+
+        Every step is rolled back, so rollback() again calls none of them: it
+        records the outcome and returns the whole report.
+        """
+        self._rollback_interrupted(-1, rolled_back, failures)
 
     def _rollback_interrupted(
         self, index: int, rolled_back: Iterable[object], failures: Iterable[RollbackFailure]

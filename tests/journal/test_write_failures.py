@@ -350,3 +350,41 @@ def test_a_step_interrupted_while_its_start_is_recorded_counts_as_started(
     assert q.run_id is not None
     assert journal.timeline(q.run_id).run.status == "rolled_back"
     assert statuses(journal, q.run_id) == ["rolled_back", "rolled_back", "pending"]
+
+
+class InterruptNextCommit:
+    """An ``inject_faults`` hook: once armed, a KeyboardInterrupt at the next journal write."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def __call__(self, point: str) -> None:
+        if point == "before_commit" and self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_rollback_interrupted_while_recording_its_outcome_can_record_it_again(
+    journal: Journal, kind: str
+) -> None:
+    """Ctrl-C while the rollback's outcome is written: rollback() again calls no rollback
+    twice, records the outcome and returns the whole report, in both drivers."""
+    interrupt = InterruptNextCommit()
+    WORLD.script("execute", "c", ValueError("no"))
+    WORLD.script("rollback", "a", interrupt.arm)  # the last rollback: the outcome comes next
+    q, call = abc_queue(journal, kind)
+    with pytest.raises(ValueError, match="no"):
+        call("execute")
+    with inject_faults(interrupt), pytest.raises(KeyboardInterrupt):
+        call("rollback")
+    report = call("rollback")
+    assert report.ok
+    assert len(report.rolled_back) == 3
+    assert WORLD.keys_called("rollback") == ["c", "b", "a"]
+    assert q.run_id is not None
+    assert journal.timeline(q.run_id).run.status == "rolled_back"
+    assert statuses(journal, q.run_id) == ["rolled_back"] * 3
