@@ -13,6 +13,7 @@ import gc
 import inspect
 import logging
 import math
+import sys
 import warnings
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Literal
@@ -1033,3 +1034,41 @@ def test_async_with_rolls_back_when_the_block_is_cancelled_after_execute() -> No
 
     run(main)
     assert log == ["execute a", "rollback a"]
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="Python 3.10's asyncio.wait_for can lose this cancellation (CPython gh-86296)",
+)
+def test_a_cancellation_as_a_timed_call_ends_is_never_lost() -> None:
+    """The task is cancelled in the very turn its timed action's call ends: execute() raises
+    CancelledError and starts no next step (asyncio.wait_for lost it before Python 3.12)."""
+    log: list[str] = []
+    done: asyncio.Future[None] | None = None
+
+    class Waits(AsyncAction):
+        async def execute(self) -> None:
+            assert done is not None
+            await done
+            log.append("waited")
+
+    class Next(AsyncAction):
+        async def execute(self) -> None:
+            log.append("next ran")
+
+    async def main() -> None:
+        nonlocal done
+        done = asyncio.get_running_loop().create_future()
+        q = AsyncActionQueue()
+        q.add(Waits(), timeout=5.0)
+        q.add(Next())
+        task = asyncio.ensure_future(q.execute())
+        for _ in range(5):  # let it reach the await (no real sleep)
+            await asyncio.sleep(0)
+        done.set_result(None)
+        task.cancel()  # in the same turn
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert "next ran" not in log

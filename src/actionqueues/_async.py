@@ -371,7 +371,13 @@ class AsyncActionQueue(QueueCore):
 
 async def _with_timeout(awaitable: object, timeout: float, action: object, method: str) -> None:
     try:
-        await asyncio.wait_for(awaitable, timeout)  # type: ignore[arg-type]
+        if sys.version_info >= (3, 11):
+            # Not wait_for: before 3.12 it can swallow a cancellation that comes as the
+            # call ends (CPython gh-86296); asyncio.timeout cannot.
+            async with asyncio.timeout(timeout):
+                await awaitable  # type: ignore[misc]
+        else:  # pragma: no cover - 3.10 (its wait_for has that flaw; nothing better there)
+            await asyncio.wait_for(awaitable, timeout)  # type: ignore[arg-type]
     except asyncio.TimeoutError as exc:
         if isinstance(exc.__cause__, asyncio.CancelledError):  # wait_for's own timeout
             raise ActionTimeoutError(action, method, timeout) from exc
