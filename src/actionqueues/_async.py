@@ -19,6 +19,7 @@ from ._engine import (
     QueueCore,
     Retrier,
     _note_rollback,
+    count_calls,
     forget_frames,
     logger,
     switches,
@@ -182,40 +183,46 @@ class AsyncActionQueue(QueueCore):
         recorder = self._recorder
         retrier = None
         error: BaseException | None = None
-        while True:
-            if error is not None:
-                if retrier is None:
-                    retrier = Retrier(self, index, action, method, listeners, start)
-                try:
-                    delay = retrier.after(error)
+        calls = 0
+        try:
+            while True:
+                if error is not None:
+                    if retrier is None:
+                        retrier = Retrier(self, index, action, method, listeners, start)
+                    try:
+                        delay = retrier.after(error)
+                        if recorder is not None:
+                            await recorder.aretry_scheduled(
+                                index, method, retrier.attempt - 1, delay, error
+                            )
+                    except BaseException:  # given up: the error's traceback holds this frame,
+                        error = retrier = None  # so let go of it (no cycle)
+                        forget_frames(sys.exc_info()[1])
+                        raise
+                    if not switches.sleep_off:
+                        pause = self._sleep(delay)
+                        if pause is not None and inspect.isawaitable(pause):
+                            await pause
+                    retrier.starting()
                     if recorder is not None:
-                        await recorder.aretry_scheduled(
-                            index, method, retrier.attempt - 1, delay, error
-                        )
-                except BaseException:  # given up: the error's traceback holds this frame,
-                    error = retrier = None  # so let go of it (no cycle)
-                    forget_frames(sys.exc_info()[1])
-                    raise
-                if not switches.sleep_off:
-                    pause = self._sleep(delay)
-                    if pause is not None and inspect.isawaitable(pause):
-                        await pause
-                retrier.starting()
-                if recorder is not None:
-                    await recorder.aretry_starting(index, method, retrier.attempt)
-            try:
-                result = call()
-                if result is not None and inspect.isawaitable(result):
-                    if timeout is None:
-                        await result
-                    else:
-                        await _with_timeout(result, timeout, action, method)
-            except asyncio.CancelledError:
-                raise  # a cancellation is never retried
-            except BaseException as exc:
-                error = exc
-                continue
-            return 1 if retrier is None else retrier.attempt - retrier.base
+                        await recorder.aretry_starting(index, method, retrier.attempt)
+                try:
+                    calls += 1
+                    result = call()
+                    if result is not None and inspect.isawaitable(result):
+                        if timeout is None:
+                            await result
+                        else:
+                            await _with_timeout(result, timeout, action, method)
+                except asyncio.CancelledError:
+                    raise  # a cancellation is never retried
+                except BaseException as exc:
+                    error = exc
+                    continue
+                return 1 if retrier is None else retrier.attempt - retrier.base
+        except BaseException as exc:
+            count_calls(exc, calls)
+            raise
 
     async def _execute_group(
         self, index: int, group: ParallelGroup, listeners: tuple[Listener, ...]

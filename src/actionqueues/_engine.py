@@ -127,8 +127,21 @@ def _utf8(text: str) -> bool:
     return True
 
 
+def count_calls(error: BaseException, calls: int) -> None:
+    """Note on ``error``, leaving a driver's ``_call``, how many calls it made.
+
+    The attempt history (``actionqueues_attempts``) says it only when the retry
+    policy gave up; an interrupt in a backoff, a cancellation or a journal
+    error leaves earlier.
+    """
+    error._actionqueues_calls = calls  # type: ignore[attr-defined]
+
+
 def _attempts_of(error: BaseException) -> int:
     """How many calls a step made before failing with ``error``."""
+    calls = getattr(error, "_actionqueues_calls", None)
+    if type(calls) is int:
+        return calls
     return len(getattr(error, "actionqueues_attempts", ())) + 1
 
 

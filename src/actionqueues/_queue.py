@@ -19,6 +19,7 @@ from ._engine import (
     QueueCore,
     Retrier,
     _note_rollback,
+    count_calls,
     forget_frames,
     switches,
 )
@@ -226,27 +227,33 @@ class ActionQueue(QueueCore):
         call = action.execute if method == "execute" else action.rollback
         retrier = None
         error = first_error
-        while True:
-            if error is not None:
-                if retrier is None:
-                    retrier = Retrier(self, index, action, method, listeners, start)
+        calls = 0 if first_error is None else 1
+        try:
+            while True:
+                if error is not None:
+                    if retrier is None:
+                        retrier = Retrier(self, index, action, method, listeners, start)
+                    try:
+                        delay = retrier.after(error)
+                    except BaseException:  # given up: the error's traceback holds this frame,
+                        error = first_error = retrier = None  # so let go of it (no cycle)
+                        forget_frames(sys.exc_info()[1])
+                        raise
+                    if not switches.sleep_off:
+                        self._sleep(delay)
+                    retrier.starting()
                 try:
-                    delay = retrier.after(error)
-                except BaseException:  # given up: the error's traceback holds this frame,
-                    error = first_error = retrier = None  # so let go of it (no cycle)
-                    forget_frames(sys.exc_info()[1])
-                    raise
-                if not switches.sleep_off:
-                    self._sleep(delay)
-                retrier.starting()
-            try:
-                result = call()
-            except BaseException as exc:
-                error = exc
-                continue
-            if result is not None:
-                self._check_sync_result(result, action, method)
-            return 1 if retrier is None else retrier.attempt - retrier.base
+                    calls += 1
+                    result = call()
+                except BaseException as exc:
+                    error = exc
+                    continue
+                if result is not None:
+                    self._check_sync_result(result, action, method)
+                return 1 if retrier is None else retrier.attempt - retrier.base
+        except BaseException as exc:
+            count_calls(exc, calls)
+            raise
 
     def _execute_group(
         self, index: int, group: ParallelGroup, listeners: tuple[Listener, ...]

@@ -2,16 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
-from actionqueues import ActionQueue, Journal, RetryPolicy, StepRecord, open_journal, retry_rollback
+from actionqueues import (
+    ActionFailed,
+    ActionQueue,
+    AsyncAction,
+    AsyncActionQueue,
+    BaseListener,
+    Journal,
+    RetryPolicy,
+    StepRecord,
+    open_journal,
+    register_action,
+    retry_rollback,
+)
 from actionqueues.testing import FakeClock, RecordingSleep
 
 from .conftest import LEASE, OpenOther
 from .helpers import WORLD, Put, event_kinds, statuses
+
+
+@register_action("tests.journal.hangs")
+@dataclass
+class Hangs(AsyncAction):
+    """Its execute() plays its script, then hangs until cancelled."""
+
+    key: str
+
+    async def execute(self) -> None:
+        WORLD.call("execute", self.key)
+        HUNG[0].set()
+        await asyncio.Event().wait()
+
+
+HUNG: list[asyncio.Event] = []  # the running test's event, set by a Hangs step as it hangs
 
 
 def policy(attempts: int = 3) -> RetryPolicy:
@@ -313,3 +343,48 @@ def test_retry_rollback_works_with_a_clock_that_starts_at_zero(journal_url: str)
     with open_journal(journal_url, clock=FakeClock(), heartbeat=False) as journal:
         _, run_id = failing_rollback(journal)
         assert retry_rollback(journal, run_id).outcome == "rolled_back"
+
+
+def test_a_step_stopped_in_a_backoff_or_cancelled_records_every_call_it_made(
+    journal: Journal,
+) -> None:
+    """A retried step that ends by Ctrl-C in its backoff (sync) or by a cancellation of its
+    third call (async): the journal and the failure event count every call it made."""
+    failures: list[int] = []
+
+    class Counting(BaseListener):
+        def on_action_failed(self, event: ActionFailed) -> None:
+            failures.append(event.attempts)
+
+    def interrupted_sleep(seconds: float) -> None:
+        if len(WORLD.calls) >= 3:  # after a's call and b's two calls
+            raise KeyboardInterrupt
+
+    WORLD.always_fail("execute", "b", ConnectionError("flaky"))
+    q = ActionQueue(journal=journal, sleep=interrupted_sleep, listeners=[Counting()])
+    q.add(Put("a"))
+    q.add(Put("b"), retry=RetryPolicy(max_attempts=5, initial_delay=1.0))
+    with pytest.raises(KeyboardInterrupt):
+        q.execute()
+    assert WORLD.count("execute", "b") == 2
+    assert q.run_id is not None
+    assert journal.timeline(q.run_id).steps[1].attempts == 2
+    assert failures == [2]
+
+    WORLD.reset(None)
+    WORLD.script("execute", "h", ConnectionError("flaky"), ConnectionError("flaky"))
+
+    async def main() -> str | None:
+        aq = AsyncActionQueue(journal=journal, name="hangs", sleep=RecordingSleep())
+        aq.add(Hangs("h"), retry=RetryPolicy(max_attempts=5, initial_delay=1.0))
+        HUNG[:] = [asyncio.Event()]
+        task = asyncio.ensure_future(aq.execute())
+        await HUNG[0].wait()  # its third call hangs
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return aq.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    assert journal.timeline(run_id).steps[0].attempts == 3
