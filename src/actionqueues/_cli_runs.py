@@ -32,7 +32,7 @@ from ._journal import (
     open_journal,
     sqlite_path,
 )
-from ._recovery import RecoveredRun, recover, retry_rollback
+from ._recovery import OUTCOMES, RecoveredRun, recover, retry_rollback
 from ._registry import _BY_NAME
 
 __all__ = [
@@ -71,6 +71,7 @@ _STATUS_COLOR = {
     "running": "33",
     "rolling_back": "33",
     "lost": "33",
+    "unrecorded": "1;33",
     "pending": "2",
 }
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -632,7 +633,7 @@ def recover_command(args: argparse.Namespace, out: TextIO, err: TextIO, paint: P
             report = recover(journal, resume=not args.no_resume, limit=args.limit)
         live = len(active) - len(abandoned)
         shown = journal.url
-    failed = report.count("needs_attention") + report.count("unrecoverable")
+    failed = sum(report.count(o) for o in ("needs_attention", "unrecoverable", "unrecorded"))
     if args.json:
         print(
             json.dumps(
@@ -655,11 +656,7 @@ def recover_command(args: argparse.Namespace, out: TextIO, err: TextIO, paint: P
         print(f"Recovered in {shown} (as {journal.owner}):", file=out)
         for result in report.runs:
             print(_outcome_line(result, paint), file=out)
-        counts = [
-            f"{report.count(o)} {o.replace('_', ' ')}"
-            for o in ("rolled_back", "resumed", "needs_attention", "unrecoverable", "lost")
-            if report.count(o)
-        ]
+        counts = [f"{report.count(o)} {o.replace('_', ' ')}" for o in OUTCOMES if report.count(o)]
         total = len(report.runs)
         print(f"{_n(total, 'run')}: {', '.join(counts)}", file=out)
     if live:

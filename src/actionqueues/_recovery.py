@@ -13,6 +13,7 @@ such a run again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import inspect
 from collections.abc import Callable, Iterable
@@ -27,6 +28,7 @@ from ._journal import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     Journal,
+    JournalError,
     LeaseLost,
     RunInfo,
     RunTimeline,
@@ -40,7 +42,18 @@ __all__ = ["RecoveredRun", "RecoveryReport", "recover", "retry_rollback"]
 
 _Q = TypeVar("_Q", ActionQueue, AsyncActionQueue)
 
-Outcome = Literal["rolled_back", "resumed", "needs_attention", "unrecoverable", "lost"]
+Outcome = Literal[
+    "rolled_back", "resumed", "needs_attention", "unrecoverable", "lost", "unrecorded"
+]
+#: Every outcome, in the order summaries list them.
+OUTCOMES: tuple[Outcome, ...] = (
+    "rolled_back",
+    "resumed",
+    "needs_attention",
+    "unrecoverable",
+    "lost",
+    "unrecorded",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +66,11 @@ class RecoveredRun:
         outcome: ``rolled_back`` (every started step undone), ``resumed``
             (finished forward), ``needs_attention`` (a rollback still
             failed), ``unrecoverable`` (its steps could not be rebuilt; the
-            run was marked ``needs_attention`` and left for a person), or
-            ``lost`` (another process took it over meanwhile).
+            run was marked ``needs_attention`` and left for a person),
+            ``lost`` (another process took it over meanwhile), or
+            ``unrecorded`` (finished, but the journal could not be written:
+            it still shows the run active, and recovery takes it again once
+            its lease expires, redoing what is not recorded).
         status: The run's status in the journal afterwards.
         error: Why it did not end cleanly, if it did not.
     """
@@ -257,6 +273,9 @@ def _result(
         if written == "needs_attention":
             return RecoveredRun(run.run_id, run.name, "needs_attention", written, error)
         return RecoveredRun(run.run_id, run.name, outcome, written)
+    if recorder is not None and (recorder.ops or recorder.run):
+        with contextlib.suppress(JournalError):  # a write failed (and was logged): once more
+            recorder._flush()
     status = journal.timeline(run.run_id).run
     if status.owner != journal.owner:  # taken over meanwhile (its rollback logged LeaseLost)
         return RecoveredRun(
@@ -264,6 +283,15 @@ def _result(
         )
     if status.status == "needs_attention":
         return RecoveredRun(run.run_id, run.name, "needs_attention", status.status, status.error)
+    if status.status not in TERMINAL_STATUSES:
+        return RecoveredRun(
+            run.run_id,
+            run.name,
+            "unrecorded",
+            status.status,
+            f"the run was {outcome.replace('_', ' ')}, but the journal could not record it "
+            f"(see the logged error); recovery takes it again once its lease expires",
+        )
     return RecoveredRun(run.run_id, run.name, outcome, status.status)
 
 

@@ -47,7 +47,7 @@ from ._durable import current_step
 from ._events import Listener
 from ._journal import ACTIVE_STATUSES, Journal, JournalError
 from ._policy import RetryPolicy
-from ._recovery import Outcome, RecoveredRun, recover
+from ._recovery import OUTCOMES, RecoveredRun, recover
 
 __all__ = [
     "JsonLogFormatter",
@@ -61,14 +61,6 @@ __all__ = [
 
 logger = logging.getLogger("actionqueues.worker")
 
-#: The outcomes of :class:`~actionqueues.RecoveredRun`, in the order progress lines list them.
-OUTCOMES: tuple[Outcome, ...] = (
-    "rolled_back",
-    "resumed",
-    "needs_attention",
-    "unrecoverable",
-    "lost",
-)
 _OK = frozenset({"rolled_back", "resumed"})
 #: The longest wait between two attempts after the journal failed (seconds).
 MAX_ERROR_DELAY = 60.0

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from actionqueues import ActionQueue, Journal, RetryPolicy, recover, retry_rollback
+from actionqueues import ActionQueue, Journal, JournalError, RetryPolicy, recover, retry_rollback
 from actionqueues.testing import FakeClock, RecordingSleep, inject_faults
 
 from .conftest import LEASE, OpenOther
@@ -679,3 +679,35 @@ def test_a_rollback_that_exits_during_recovery_needs_attention_and_recovery_goes
     }
     assert type(escape).__name__ in str(journal.timeline(poisoned).run.error)
     assert WORLD.ledger == {"a": 1}  # its rollback never finished: a human looks
+
+
+class FailFromNow:
+    """An ``inject_faults`` hook: once armed, every journal write fails (JournalError)."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def __call__(self, point: str) -> None:
+        if point == "before_commit" and self.armed:
+            raise JournalError("database is locked (simulated)", "sqlite://x")
+
+
+def test_a_recovery_whose_outcome_cannot_be_written_says_so(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """Every rollback ran, but the outcome could not be written (nor on the second try):
+    the run is reported unrecorded, not rolled back, and the report is not ok."""
+    run_id = crashed_run(journal, "after_execute", nth=2, keys="ab")
+    failing = FailFromNow()
+    WORLD.script("rollback", "a", failing.arm)  # the last rollback: the outcome comes next
+    with inject_faults(failing):
+        report = recover(open_other())
+    [result] = report.runs
+    assert (result.outcome, result.status) == ("unrecorded", "rolling_back")
+    assert "could not record it" in str(result.error)
+    assert not report.ok
+    assert WORLD.keys_called("rollback") == ["b", "a"]
+    assert journal.timeline(run_id).run.status == "rolling_back"  # recovered again later
