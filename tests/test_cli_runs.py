@@ -22,6 +22,7 @@ import pytest
 from cli_actions import FAILING_UNDO, LEDGER, Put
 
 from actionqueues import ActionQueue, Journal, RetryPolicy, open_journal, recover
+from actionqueues import _cli as cli_module
 from actionqueues import _registry as registry
 from actionqueues._cli import main
 from actionqueues._cli_runs import age, duration, iso, parse_age, parse_status
@@ -1037,3 +1038,16 @@ def test_a_closed_captured_stdout_also_ends_quietly(
     assert main(["runs", "list", "--journal", str(tmp_path / "none.db")]) == 1
     monkeypatch.undo()
     assert capsys.readouterr().err == ""
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_status_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C in `recover` (or any command): no traceback, one line, exit status 130."""
+
+    def interrupted(*args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "_dispatch", interrupted)
+    code, out, err = cli(capsys, "recover", "--journal", "sqlite://")
+    assert (code, out, err) == (130, "", "actionqueues: interrupted\n")

@@ -344,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`actionqueues runs list | head`)
         _silence_stdout()
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: recovery released the run it was finishing
+        print("actionqueues: interrupted", file=err)
+        return 130
     except (JournalError, ValueError, KeyError, ImportError, OSError) as exc:
         print(f"actionqueues: error: {_error_text(exc)}", file=err)
         return 2

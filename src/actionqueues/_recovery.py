@@ -247,6 +247,10 @@ def _finish(
         return RecoveredRun(
             run.run_id, run.name, "lost", journal.timeline(run.run_id).run.status, str(exc)
         )
+    except KeyboardInterrupt:  # the operator stops recovery: another may take the run at once
+        with contextlib.suppress(Exception):
+            journal.release(run.run_id)
+        raise
     except (Exception, SystemExit, asyncio.CancelledError) as exc:
         # A bug, or an action raising where it must not (even sys.exit()): never lose the
         # run, and go on with the others (only the operator's Ctrl-C stops recovery).

@@ -711,3 +711,18 @@ def test_a_recovery_whose_outcome_cannot_be_written_says_so(
     assert not report.ok
     assert WORLD.keys_called("rollback") == ["b", "a"]
     assert journal.timeline(run_id).run.status == "rolling_back"  # recovered again later
+
+
+def test_ctrl_c_during_recovery_releases_the_run_for_another_process_at_once(
+    journal: Journal, open_other: OpenOther
+) -> None:
+    """KeyboardInterrupt in a rollback stops recover() (it is the operator's), and the run
+    it was finishing is released: another process takes it at once, not after the lease."""
+    run_id = crashed_run(journal, "after_execute", nth=2, keys="ab")
+    WORLD.script("rollback", "b", KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        recover(open_other())
+    assert journal.timeline(run_id).run.owner is None
+    report = recover(open_other())  # the same clock: the lease has not expired
+    assert [(r.outcome, r.status) for r in report.runs] == [("rolled_back", "rolled_back")]
+    assert WORLD.keys_called("rollback") == ["b", "b", "a"]
