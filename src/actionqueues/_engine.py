@@ -22,7 +22,6 @@ import logging
 import math
 import sys
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
@@ -331,20 +330,6 @@ def forget_frames(error: BaseException | None) -> None:
         tb = tb.tb_next
 
 
-class _JournaledAdd:
-    """``add()`` of a journaled queue: refuses what the journal could not record."""
-
-    __slots__ = ("queue",)
-
-    def __init__(self, queue: QueueCore) -> None:
-        self.queue = weakref.ref(queue)
-
-    def __call__(self, action: Any, *args: Any, **kwargs: Any) -> Any:
-        queue = self.queue()
-        assert queue is not None  # called through the queue, so it is alive
-        return queue._add_journaled(action, *args, **kwargs)
-
-
 class QueueCore:
     """State, validation and decisions shared by every queue driver."""
 
@@ -453,13 +438,10 @@ class QueueCore:
         kind = "async" if self._runs_async else "sync"
         self._recorder = RunRecorder(journal, name, kind, bool(resumable))
         self._general = True
-        # Journaled queues check each step at add(); a weak reference keeps the queue
-        # free of a reference cycle, so a dropped queue's lease lapses at once.
-        self.add = _JournaledAdd(self)  # type: ignore[method-assign]
 
-    def _add_journaled(self, action: Any, *args: Any, **kwargs: Any) -> Any:
-        step = QueueCore.add(self, action, *args, **kwargs)
-        try:  # refuse what the journal could not record, before anything runs
+    def _check_journaled(self, step: Any) -> None:
+        """Refuse, at add(), the step just added if the journal could not record it."""
+        try:
             require_name(step, len(self._actions) - 1)
             dump_state(step, len(self._actions) - 1)
         except TypeError:
@@ -467,7 +449,6 @@ class QueueCore:
             if self._options:
                 self._options.pop(len(self._actions), None)
             raise
-        return step
 
     @property
     def run_id(self) -> str | None:
@@ -602,6 +583,8 @@ class QueueCore:
         if retry is not None or rollback_retry is not None or timeout is not None:
             self._set_options(len(self._actions), action, retry, rollback_retry, timeout)
         self._actions.append(action)
+        if self._recorder is not None:  # journaled: refuse what it could not record, now
+            self._check_journaled(action)
         return action
 
     def _admit(self, action: Any, undo: Callable[[Any], object] | None) -> Any:

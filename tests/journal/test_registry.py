@@ -161,6 +161,29 @@ def test_function_steps_must_be_registered_step_definitions(journal: Journal, ki
     assert len(q) == 0
 
 
+def test_a_journaled_queue_calls_a_subclass_add(journal: Journal) -> None:
+    """A subclass's add() override runs with a journal too, and the journal's check still
+    refuses what it could not record (the override's super().add() raises)."""
+    added: list[object] = []
+
+    class Audited(ActionQueue):
+        def add(self, action: Any, *args: Any, **kwargs: Any) -> Any:
+            added.append(action)
+            return super().add(action, *args, **kwargs)
+
+    class Unregistered(Action):
+        pass
+
+    q = Audited(journal=journal)
+    q.add(Put("a"))
+    with pytest.raises(TypeError, match="cannot be journaled"):
+        q.add(Unregistered())
+    assert len(added) == 2
+    assert len(q) == 1
+    q.execute()
+    assert WORLD.ledger == {"a": 1}
+
+
 def test_add_group_is_refused_in_a_journaled_queue(journal: Journal) -> None:
     """Parallel groups cannot be journaled yet: TypeError."""
     q = ActionQueue(journal=journal)
