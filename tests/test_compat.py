@@ -140,7 +140,8 @@ def test_factory_generic_exception_says_why() -> None:
 
 @pytest.mark.parametrize("retries", [-1, 1.5, True, None])
 def test_factory_rejects_bad_retries(retries: object) -> None:
-    with pytest.raises(ValueError, match="retries must be an int >= 0"):
+    error = TypeError if isinstance(retries, bool) or not isinstance(retries, int) else ValueError
+    with pytest.raises(error, match="retries must be an int >= 0"):
         DoublingBackoffExceptionFactory(retries=retries)  # type: ignore[arg-type]
 
 

@@ -445,7 +445,12 @@ def test_an_empty_group_is_refused(queue_type: type[ActionQueue | AsyncActionQue
 @pytest.mark.parametrize("max_workers", [0, -1, True, 1.5, "2", None])
 def test_max_workers_must_be_an_int_of_at_least_one(max_workers: Any) -> None:
     q = ActionQueue()
-    with pytest.raises(ValueError, match=r"max_workers must be an int >= 1"):
+    error = (
+        TypeError
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int)
+        else ValueError
+    )
+    with pytest.raises(error, match=r"max_workers must be an int >= 1"):
         q.add_group([Action()], max_workers=max_workers)
     assert q.actions == ()
 

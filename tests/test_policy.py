@@ -760,9 +760,8 @@ def test_fixed_factory_accepts_a_zero_backoff() -> None:
     "factory", [FixedBackoffExceptionFactory, ExponentialBackoffExceptionFactory]
 )
 def test_factories_refuse_bad_retries(factory: Any, retries: object) -> None:
-    with pytest.raises(
-        ValueError, match=re.escape(f"retries must be an int >= 0, got {retries!r}")
-    ):
+    error = TypeError if isinstance(retries, bool) or not isinstance(retries, int) else ValueError
+    with pytest.raises(error, match=re.escape(f"retries must be an int >= 0, got {retries!r}")):
         factory(retries=retries)
 
 

@@ -900,7 +900,12 @@ def test_a_ten_step_run_is_eleven_statements_none_locking_the_run(
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "5", True])
 def test_connect_timeout_is_checked(url: str, timeout: object) -> None:
     """connect_timeout is a finite number of seconds > 0."""
-    with pytest.raises(ValueError, match="connect_timeout must be a number of seconds > 0"):
+    error = (
+        TypeError
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+        else ValueError
+    )
+    with pytest.raises(error, match="connect_timeout must be a number of seconds > 0"):
         open_journal(url, heartbeat=False, connect_timeout=timeout)
 
 

@@ -278,7 +278,8 @@ def test_max_retries_in_rollback_is_reported_as_a_failure() -> None:
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
 def test_max_retries_must_be_a_non_negative_int(bad: object) -> None:
-    with pytest.raises(ValueError, match="max_retries must be None"):
+    error = TypeError if isinstance(bad, bool) or not isinstance(bad, int) else ValueError
+    with pytest.raises(error, match="max_retries must be None"):
         ActionQueue(max_retries=bad)  # type: ignore[arg-type]
 
 

@@ -603,12 +603,15 @@ def test_a_thread_that_dies_stops_the_worker(
 
 def test_worker_arguments_are_checked(journal: Journal) -> None:
     """Bad arguments are refused when the Worker is made; a Worker runs once."""
-    for bad in (0, -1, True, 1.5):
-        with pytest.raises(ValueError, match="concurrency"):
+    for bad, error in ((0, ValueError), (-1, ValueError), (True, TypeError), (1.5, TypeError)):
+        with pytest.raises(error, match="concurrency"):
             Worker(journal, concurrency=bad)  # type: ignore[arg-type]
-    for poll in (0, -1, math.nan, math.inf, True, "1", 1e10, 86400.5):
+    for poll in (0, -1, math.nan, math.inf, 1e10, 86400.5):
         with pytest.raises(ValueError, match="poll"):
-            Worker(journal, poll=poll)  # type: ignore[arg-type]
+            Worker(journal, poll=poll)
+    for wrong in (True, "1"):  # the wrong kind of value
+        with pytest.raises(TypeError, match="poll"):
+            Worker(journal, poll=wrong)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="progress_every"):
         Worker(journal, progress_every=0)
     with pytest.raises(ValueError, match="progress_runs"):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 from ._action import ActionLike, AsyncAction
 from ._durable import RunRecorder
-from ._errors import ActionRetryException, QueueStateError, RetryLimitExceeded
+from ._errors import ActionRetryException, QueueStateError, RetryLimitExceeded, bad_argument
 from ._events import (
     _GLOBAL_LISTENERS,
     ActionFailed,
@@ -174,7 +174,11 @@ def _check_timeout(timeout: object) -> None:
         or not isinstance(timeout, (int, float))
         or not 0 < timeout < math.inf
     ):
-        raise ValueError(f"timeout must be None or a finite number of seconds > 0, got {timeout!r}")
+        raise bad_argument(
+            timeout,
+            (int, float),
+            f"timeout must be None or a finite number of seconds > 0, got {timeout!r}",
+        )
 
 
 class StepOptions:
@@ -398,8 +402,10 @@ class QueueCore:
             self._clock = clock
         if max_retries is not None:
             if type(max_retries) is not int or max_retries < 0:  # bool is refused too
-                raise ValueError(
-                    f"max_retries must be None (unlimited) or an int >= 0, got {max_retries!r}"
+                raise bad_argument(
+                    max_retries,
+                    (int,),
+                    f"max_retries must be None (unlimited) or an int >= 0, got {max_retries!r}",
                 )
             self._max_retries = max_retries
         if retry is not None or rollback_retry is not None:
@@ -671,7 +677,8 @@ class QueueCore:
             rollback_concurrently: Roll members back concurrently.
 
         Raises:
-            TypeError: a member is neither an action nor a function.
+            TypeError: a member is neither an action nor a function, or
+                ``max_workers`` is not an int.
             ValueError: the group is empty, or ``max_workers`` < 1.
             QueueStateError: the queue has already been executed.
         """

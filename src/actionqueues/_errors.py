@@ -72,6 +72,16 @@ class ActionRetryException(ActionQueuesError):
         return f"retry requested after {self.ms_backoff} ms"
 
 
+def bad_argument(value: object, kinds: tuple[type, ...], message: str) -> Exception:
+    """The error for an argument that failed its check, as the README promises.
+
+    TypeError when ``value`` is not of ``kinds`` (a bool is no number here),
+    ValueError when it is, but out of range.
+    """
+    wrong_kind = isinstance(value, bool) or not isinstance(value, kinds)
+    return (TypeError if wrong_kind else ValueError)(message)
+
+
 def _check_real(value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(

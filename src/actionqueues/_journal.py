@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from ._errors import ActionQueuesError
+from ._errors import ActionQueuesError, bad_argument
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -281,13 +281,15 @@ class Journal(abc.ABC):
         heartbeat: bool = True,
     ) -> None:
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < 1e9:
-            raise ValueError(
-                f"lease must be a number of seconds > 0 and < 1e9 (about 31 years), got {lease!r}"
+            raise bad_argument(
+                lease,
+                (int, float),
+                f"lease must be a number of seconds > 0 and < 1e9 (about 31 years), got {lease!r}",
             )
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a callable returning Unix time, got {clock!r}")
         if owner is not None and (not isinstance(owner, str) or not owner):
-            raise ValueError(f"owner must be a non-empty string, got {owner!r}")
+            raise bad_argument(owner, (str,), f"owner must be a non-empty string, got {owner!r}")
         self.lease = float(lease)
         self.clock: Callable[[], float] = clock or time.time
         self.owner = owner or _default_owner()

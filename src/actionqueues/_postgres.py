@@ -34,6 +34,7 @@ from collections.abc import (
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ._errors import bad_argument
 from ._journal import JournalError, LeaseLost, Op, fault, redact
 from ._registry import json_encoder
 from ._sql import (
@@ -311,10 +312,14 @@ class PostgresJournal(SQLJournal):
         self.schema = _identifier("schema", schema)
         self.prefix = _identifier("table_prefix", table_prefix)
         if type(pool_size) is not int or pool_size < 1:
-            raise ValueError(f"pool_size must be an int >= 1, got {pool_size!r}")
+            raise bad_argument(
+                pool_size, (int,), f"pool_size must be an int >= 1, got {pool_size!r}"
+            )
         if type(connect_timeout) not in (int, float) or not 0 < connect_timeout < math.inf:
-            raise ValueError(
-                f"connect_timeout must be a number of seconds > 0, got {connect_timeout!r}"
+            raise bad_argument(
+                connect_timeout,
+                (int, float),
+                f"connect_timeout must be a number of seconds > 0, got {connect_timeout!r}",
             )
         self._psycopg = psycopg
         self.read_only = bool(read_only)

@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 from ._async import AsyncActionQueue
 from ._durable import RunRecorder, policies_from_json
 from ._engine import EXECUTE, StepOptions, logger
+from ._errors import bad_argument
 from ._events import Listener
 from ._journal import (
     ACTIVE_STATUSES,
@@ -151,7 +152,7 @@ def recover(
     _policy("rollback_retry", rollback_retry)
     _refuse_in_event_loop("recover")
     if limit is not None and (type(limit) is not int or limit < 1):
-        raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
+        raise bad_argument(limit, (int,), f"limit must be an int >= 1 or None, got {limit!r}")
     listeners = tuple(listeners)
     done: list[RecoveredRun] = []
     while limit is None or len(done) < limit:

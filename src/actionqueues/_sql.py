@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
+from ._errors import bad_argument
 from ._journal import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -554,7 +555,7 @@ class SQLJournal(Journal):
             where.append("created_at <= ?")
             params.append(self.clock() - older_than)
         if limit is not None and (type(limit) is not int or limit < 1):
-            raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
+            raise bad_argument(limit, (int,), f"limit must be an int >= 1 or None, got {limit!r}")
         sql = (
             f"SELECT {_RUN_SELECT.replace('{t}', self.prefix)} FROM {self.prefix}runs"
             + (f" WHERE {' AND '.join(where)}" if where else "")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ._errors import bad_argument
 from ._journal import JournalError
 from ._sql import SCHEMA_VERSION, SQLJournal
 
@@ -44,7 +45,11 @@ class SQLiteJournal(SQLJournal):
             or not isinstance(busy_timeout, (int, float))
             or (busy_timeout < 0)
         ):
-            raise ValueError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
+            raise bad_argument(
+                busy_timeout,
+                (int, float),
+                f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}",
+            )
         self.path = path if path == ":memory:" else os.path.abspath(os.path.expanduser(path))
         self.url = "sqlite://" if path == ":memory:" else f"sqlite:///{self.path}"
         self.where = self.path

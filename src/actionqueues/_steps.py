@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, overload
 
 from ._action import ActionLike
+from ._errors import bad_argument
 
 __all__ = [
     "AsyncFunctionStep",
@@ -237,7 +238,9 @@ class ParallelGroup:
     ) -> None:
         self.actions: tuple[ActionLike, ...] = tuple(actions)
         if type(max_workers) is not int or max_workers < 1:
-            raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
+            raise bad_argument(
+                max_workers, (int,), f"max_workers must be an int >= 1, got {max_workers!r}"
+            )
         self.max_workers = max_workers
         self.rollback_concurrently = bool(rollback_concurrently)
         self.started: list[ActionLike] = []

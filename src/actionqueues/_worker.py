@@ -44,6 +44,7 @@ from ._cli_runs import (
     unregistered_types,
 )
 from ._durable import current_step
+from ._errors import bad_argument
 from ._events import Listener
 from ._journal import ACTIVE_STATUSES, Journal, JournalError
 from ._policy import RetryPolicy
@@ -148,9 +149,11 @@ def _positive(name: str, value: object) -> float:
         or not math.isfinite(value)
         or not 0 < value <= _LONGEST_WAIT
     ):
-        raise ValueError(
+        raise bad_argument(
+            value,
+            (int, float),
             f"{name} must be a number of seconds > 0 and at most {_LONGEST_WAIT:g} (a day), "
-            f"got {value!r}"
+            f"got {value!r}",
         )
     return float(value)
 
@@ -206,9 +209,15 @@ class Worker:
         if not isinstance(journal, Journal):
             raise TypeError(f"journal must be a Journal (open_journal(url)), got {journal!r}")
         if type(concurrency) is not int or concurrency < 1:
-            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+            raise bad_argument(
+                concurrency, (int,), f"concurrency must be an int >= 1, got {concurrency!r}"
+            )
         if progress_runs is not None and (type(progress_runs) is not int or progress_runs < 1):
-            raise ValueError(f"progress_runs must be an int >= 1 or None, got {progress_runs!r}")
+            raise bad_argument(
+                progress_runs,
+                (int,),
+                f"progress_runs must be an int >= 1 or None, got {progress_runs!r}",
+            )
         self.journal = journal
         self.concurrency = concurrency
         self.poll = _positive("poll", poll)

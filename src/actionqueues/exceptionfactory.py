@@ -18,7 +18,7 @@ import random as _random
 from collections.abc import Callable
 from typing import NoReturn
 
-from ._errors import ActionRetryException
+from ._errors import ActionRetryException, bad_argument
 from ._policy import (
     Jitter,
     _backoff,
@@ -99,9 +99,9 @@ class FixedBackoffExceptionFactory:
         ms_backoff: The backoff before each retry, in milliseconds.
 
     Raises:
-        ValueError: ``retries`` is not an ``int >= 0``, or ``ms_backoff`` is
-            negative, NaN or infinite.
-        TypeError: ``ms_backoff`` is not a number.
+        ValueError: ``retries`` is negative, or ``ms_backoff`` is negative,
+            NaN or infinite.
+        TypeError: ``retries`` is not an int, or ``ms_backoff`` not a number.
 
     Example:
         >>> from actionqueues import ActionRetryException
@@ -161,10 +161,10 @@ class ExponentialBackoffExceptionFactory:
             reproducible backoffs.
 
     Raises:
-        ValueError: ``retries`` is not an ``int >= 0``, or another argument is
-            out of range.
-        TypeError: A number is expected but something else was given, or
-            ``random`` is not callable.
+        ValueError: ``retries`` is negative, or another argument is out of
+            range.
+        TypeError: ``retries`` is not an int, a number is expected but
+            something else was given, or ``random`` is not callable.
 
     Example:
         >>> from actionqueues import ActionRetryException
@@ -233,7 +233,7 @@ class ExponentialBackoffExceptionFactory:
 
 def _check_retries(retries: object) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        raise bad_argument(retries, (int,), f"retries must be an int >= 0, got {retries!r}")
 
 
 def _give_up(original_exception: BaseException | None, retries: int) -> NoReturn:

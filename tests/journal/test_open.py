@@ -67,12 +67,12 @@ def test_open_journal_refuses_a_non_string(journal_url: str) -> None:
     [
         ({"lease": 0}, ValueError, "lease must be a number of seconds > 0"),
         ({"lease": -1.0}, ValueError, "lease"),
-        ({"lease": True}, ValueError, "lease"),
-        ({"lease": "30"}, ValueError, "lease"),
+        ({"lease": True}, TypeError, "lease"),
+        ({"lease": "30"}, TypeError, "lease"),
         ({"lease": float("inf")}, ValueError, "lease"),
         ({"clock": 12.0}, TypeError, "clock must be a callable"),
         ({"owner": ""}, ValueError, "owner must be a non-empty string"),
-        ({"owner": 7}, ValueError, "owner"),
+        ({"owner": 7}, TypeError, "owner"),
     ],
 )
 def test_journal_options_are_checked(

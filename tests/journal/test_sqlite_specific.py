@@ -279,7 +279,12 @@ def test_the_journal_uses_wal_and_synchronous_full(tmp_path: Path) -> None:
 @pytest.mark.parametrize("busy_timeout", [-1, True, "5", None])
 def test_busy_timeout_is_checked(tmp_path: Path, busy_timeout: object) -> None:
     """busy_timeout is a number of seconds >= 0."""
-    with pytest.raises(ValueError, match="busy_timeout must be a number of seconds"):
+    error = (
+        TypeError
+        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float))
+        else ValueError
+    )  # the README's rule
+    with pytest.raises(error, match="busy_timeout must be a number of seconds"):
         open_journal(tmp_path / "runs.db", busy_timeout=busy_timeout)
 
 
