@@ -16,8 +16,12 @@ from actionqueues import (
     Action,
     ActionQueue,
     ActionRetryException,
+    ActionSucceeded,
+    BaseListener,
     QueueStateError,
     RetryLimitExceeded,
+    RetryPolicy,
+    RetryScheduled,
     RollbackError,
     RollbackReport,
 )
@@ -576,6 +580,39 @@ def test_subclass_overriding_execute_with_retries_is_used_for_every_call() -> No
     assert seen == ["Recorder('a')", "Recorder('b')", "Recorder('b')", "Recorder('a')"]
     assert log == ["execute a", "execute a", "execute b", "rollback b", "rollback a"]
     assert [f.index for f in report.failures] == [1]
+
+
+def test_an_override_calling_super_keeps_the_steps_policies_and_reports() -> None:
+    """super().execute_with_retries() retries with the step's own policy, reports the real
+    step and action to listeners and counts its calls, as the queue does without it."""
+    events: list[tuple[str, int, object, int]] = []
+
+    class Listening(BaseListener):
+        def on_retry_scheduled(self, event: RetryScheduled) -> None:
+            events.append(("retry", event.index, event.action, event.attempt))
+
+        def on_action_succeeded(self, event: ActionSucceeded) -> None:
+            events.append(("ok", event.index, event.action, event.attempts))
+
+    class Audited(ActionQueue):
+        def execute_with_retries(self, action: Any, f: Any) -> None:
+            super().execute_with_retries(action, f)
+
+    log: list[str] = []
+    q = Audited(sleep=lambda s: None, listeners=[Listening()])
+    first = q.add(Recorder(log, "a"))
+    flaky = q.add(
+        Recorder(log, "b", execute=[ConnectionError("1"), ConnectionError("2")]),
+        retry=RetryPolicy(max_attempts=3, initial_delay=1.0),
+    )
+    q.execute()
+    assert log == ["execute a", "execute b", "execute b", "execute b"]
+    assert events == [
+        ("ok", 0, first, 1),
+        ("retry", 1, flaky, 1),
+        ("retry", 1, flaky, 2),
+        ("ok", 1, flaky, 3),
+    ]
 
 
 def test_subclass_override_runs_a_successful_queue() -> None:

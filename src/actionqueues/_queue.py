@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import sys
 import threading
 import time
@@ -139,6 +140,10 @@ class ActionQueue(QueueCore):
     # Whether a subclass overrides execute_with_retries (0.8.2 called it for
     # every action); worked out once per class, not on every run.
     _legacy_retries = False
+    # The step an override of execute_with_retries is called for: (index, listeners, start),
+    # and how many calls super().execute_with_retries() made (see _legacy_call).
+    _legacy_step: tuple[int, tuple[Listener, ...], float | None] | None = None
+    _legacy_attempts = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -201,8 +206,7 @@ class ActionQueue(QueueCore):
                 start = self._step_started(listeners, index, action)
                 try:
                     if legacy:
-                        self.execute_with_retries(action, _call_execute)
-                        attempts = 1
+                        attempts = self._legacy_call(index, action, _call_execute, listeners, start)
                     else:
                         attempts = self._call(index, action, "execute", listeners, start=start)
                 except BaseException as error:
@@ -222,9 +226,14 @@ class ActionQueue(QueueCore):
         listeners: tuple[Listener, ...],
         first_error: BaseException | None = None,
         start: float | None = None,
+        call: Callable[[], object] | None = None,
     ) -> int:
-        """Call ``action.<method>()`` until it succeeds or the engine gives up; return attempts."""
-        call = action.execute if method == "execute" else action.rollback
+        """Call ``action.<method>()`` (or ``call``) until it succeeds or the engine gives up.
+
+        Returns how many calls it made.
+        """
+        if call is None:
+            call = action.execute if method == "execute" else action.rollback
         retrier = None
         error = first_error
         calls = 0 if first_error is None else 1
@@ -384,8 +393,8 @@ class ActionQueue(QueueCore):
         self._rollback_started(listeners, index, action)
         try:
             if legacy:
-                self.execute_with_retries(action, _call_rollback)
-                attempts = 1
+                start = self._clock()
+                attempts = self._legacy_call(index, action, _call_rollback, listeners, start)
             else:
                 attempts = self._call(index, action, "rollback", listeners, start=self._clock())
         except LeaseLost:
@@ -441,24 +450,36 @@ class ActionQueue(QueueCore):
         action, as in 0.8.2.
         """
         method = _METHOD_NAMES.get(f, "execute_with_retries")
-        self._call(-1, _Bound(action, f), method, ())  # type: ignore[arg-type]
+        index, listeners, start = self._legacy_step or (-1, (), None)
+        self._legacy_attempts = self._call(
+            index,
+            action,
+            method,  # type: ignore[arg-type]
+            listeners,
+            start=start,
+            call=functools.partial(f, action),
+        )
 
+    def _legacy_call(
+        self,
+        index: int,
+        action: ActionLike,
+        f: Callable[[ActionLike], object],
+        listeners: tuple[Listener, ...],
+        start: float,
+    ) -> int:
+        """Call a subclass's ``execute_with_retries`` for step ``index``; return its calls.
 
-class _Bound:
-    """Presents ``f(action)`` as the method ``_call`` invokes (for execute_with_retries)."""
-
-    __slots__ = ("action", "f")
-
-    def __init__(self, action: object, f: Callable[[Any], object]) -> None:
-        self.action, self.f = action, f
-
-    def execute(self) -> object:
-        return self.f(self.action)
-
-    rollback = execute
-
-    def __repr__(self) -> str:
-        return repr(self.action)
+        Its ``super()`` call then retries with the step's policies, records and
+        reports as the queue does without the override.
+        """
+        self._legacy_step = (index, listeners, start)
+        self._legacy_attempts = 1
+        try:
+            self.execute_with_retries(action, f)
+        finally:
+            self._legacy_step = None
+        return self._legacy_attempts
 
 
 def _call_execute(action: ActionLike) -> object:
