@@ -323,3 +323,29 @@ def write_run(
             if st != "pending"
         ],
     )
+
+
+class ArmedFault:
+    """An ``inject_faults`` hook: once :meth:`arm` is called (from an action, say), the next
+    journal write raises ``error()`` (every later one too with ``every=True``)."""
+
+    def __init__(
+        self,
+        error: Callable[[], BaseException],
+        *,
+        every: bool = False,
+        interrupt_on_arm: bool = False,
+    ) -> None:
+        self.error, self.every, self.interrupt_on_arm = error, every, interrupt_on_arm
+        self.armed = False
+
+    def arm(self) -> None:
+        """Arm; with ``interrupt_on_arm``, raise KeyboardInterrupt here too (a first Ctrl-C)."""
+        self.armed = True
+        if self.interrupt_on_arm:
+            raise KeyboardInterrupt
+
+    def __call__(self, point: str) -> None:
+        if point == "before_commit" and self.armed:
+            self.armed = self.every
+            raise self.error()

@@ -16,6 +16,7 @@ from .conftest import LEASE, OpenOther
 from .helpers import (
     WORLD,
     Account,
+    ArmedFault,
     Crash,
     Killer,
     Put,
@@ -681,27 +682,15 @@ def test_a_rollback_that_exits_during_recovery_needs_attention_and_recovery_goes
     assert WORLD.ledger == {"a": 1}  # its rollback never finished: a human looks
 
 
-class FailFromNow:
-    """An ``inject_faults`` hook: once armed, every journal write fails (JournalError)."""
-
-    def __init__(self) -> None:
-        self.armed = False
-
-    def arm(self) -> None:
-        self.armed = True
-
-    def __call__(self, point: str) -> None:
-        if point == "before_commit" and self.armed:
-            raise JournalError("database is locked (simulated)", "sqlite://x")
-
-
 def test_a_recovery_whose_outcome_cannot_be_written_says_so(
     journal: Journal, open_other: OpenOther
 ) -> None:
     """Every rollback ran, but the outcome could not be written (nor on the second try):
     the run is reported unrecorded, not rolled back, and the report is not ok."""
     run_id = crashed_run(journal, "after_execute", nth=2, keys="ab")
-    failing = FailFromNow()
+    failing = ArmedFault(
+        lambda: JournalError("database is locked (simulated)", "sqlite://x"), every=True
+    )
     WORLD.script("rollback", "a", failing.arm)  # the last rollback: the outcome comes next
     with inject_faults(failing):
         report = recover(open_other())

@@ -21,7 +21,7 @@ from actionqueues import (
 from actionqueues.testing import FakeClock, RecordingSleep, inject_faults
 
 from .conftest import LEASE
-from .helpers import WORLD, AsyncPut, Put, event_kinds, statuses
+from .helpers import WORLD, ArmedFault, AsyncPut, Put, event_kinds, statuses
 
 
 class FailCommits:
@@ -264,22 +264,6 @@ def test_a_journal_that_cannot_create_the_run_loses_nothing_and_blames_no_one(
     assert journal.heartbeat() == 0
 
 
-class SecondInterrupt:
-    """An ``inject_faults`` hook: a second Ctrl-C at the next journal write once armed."""
-
-    def __init__(self) -> None:
-        self.armed = False
-
-    def arm(self) -> None:
-        self.armed = True
-        raise KeyboardInterrupt
-
-    def __call__(self, point: str) -> None:
-        if point == "before_commit" and self.armed:
-            self.armed = False
-            raise KeyboardInterrupt
-
-
 def abc_queue(journal: Journal, kind: str) -> tuple[Any, Callable[[str], Any]]:
     """A queue (``kind`` sync or async) of Put a, b, c, and a function calling one of its
     methods (an async one in a loop of its own: a KeyboardInterrupt leaves asyncio.run's)."""
@@ -303,7 +287,7 @@ def test_a_rollback_interrupted_twice_still_resumes_and_loses_nothing(
 ) -> None:
     """Ctrl-C in a rollback, then again while the journal records it: rollback() resumes
     at the interrupted step, in both drivers, and the journal ends with every step undone."""
-    second = SecondInterrupt()
+    second = ArmedFault(KeyboardInterrupt, interrupt_on_arm=True)
     WORLD.script("execute", "c", ValueError("no"))
     WORLD.script("rollback", "b", second.arm)
     q, call = abc_queue(journal, kind)
@@ -352,28 +336,13 @@ def test_a_step_interrupted_while_its_start_is_recorded_counts_as_started(
     assert statuses(journal, q.run_id) == ["rolled_back", "rolled_back", "pending"]
 
 
-class InterruptNextCommit:
-    """An ``inject_faults`` hook: once armed, a KeyboardInterrupt at the next journal write."""
-
-    def __init__(self) -> None:
-        self.armed = False
-
-    def arm(self) -> None:
-        self.armed = True
-
-    def __call__(self, point: str) -> None:
-        if point == "before_commit" and self.armed:
-            self.armed = False
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_rollback_interrupted_while_recording_its_outcome_can_record_it_again(
     journal: Journal, kind: str
 ) -> None:
     """Ctrl-C while the rollback's outcome is written: rollback() again calls no rollback
     twice, records the outcome and returns the whole report, in both drivers."""
-    interrupt = InterruptNextCommit()
+    interrupt = ArmedFault(KeyboardInterrupt)
     WORLD.script("execute", "c", ValueError("no"))
     WORLD.script("rollback", "a", interrupt.arm)  # the last rollback: the outcome comes next
     q, call = abc_queue(journal, kind)
