@@ -372,7 +372,11 @@ class QueueCore:
         resumable: bool = False,
     ) -> None:
         self._actions: list[ActionLike] = []
-        self._state = INIT  # an instance attribute reads faster in add()
+        # Instance attributes read faster in add() than the class's defaults.
+        self._state = INIT
+        # The classes add() admits without a look: none for a journaled queue, whose
+        # every step _admit() checks (see _journal_options).
+        self._known: set[type] | frozenset[type] = _ACTION_CLASSES
         if (
             sleep is None
             and max_retries is None
@@ -444,17 +448,7 @@ class QueueCore:
         kind = "async" if self._runs_async else "sync"
         self._recorder = RunRecorder(journal, name, kind, bool(resumable))
         self._general = True
-
-    def _check_journaled(self, step: Any) -> None:
-        """Refuse, at add(), the step just added if the journal could not record it."""
-        try:
-            require_name(step, len(self._actions) - 1)
-            dump_state(step, len(self._actions) - 1)
-        except TypeError:
-            self._actions.pop()
-            if self._options:
-                self._options.pop(len(self._actions), None)
-            raise
+        self._known = frozenset()  # every step goes through _admit(), which checks it
 
     @property
     def run_id(self) -> str | None:
@@ -584,17 +578,29 @@ class QueueCore:
         """
         if self._state > ADD:
             raise self._refused("add")
-        if undo is not None or action.__class__ not in _ACTION_CLASSES:
+        if undo is not None or action.__class__ not in self._known:
             action = self._admit(action, undo)
         if retry is not None or rollback_retry is not None or timeout is not None:
             self._set_options(len(self._actions), action, retry, rollback_retry, timeout)
         self._actions.append(action)
-        if self._recorder is not None:  # journaled: refuse what it could not record, now
-            self._check_journaled(action)
         return action
 
     def _admit(self, action: Any, undo: Callable[[Any], object] | None) -> Any:
-        """Check a step whose class is not known to be a plain action; wrap functions."""
+        """Check a step add() does not know to be a plain action; wrap functions.
+
+        A journaled queue's every step comes here: it must be one the journal
+        can record.
+        """
+        if undo is None and action.__class__ in _ACTION_CLASSES:
+            step = action  # a plain action, known (only the journal's check is left)
+        else:
+            step = self._admit_new(action, undo)
+        if self._recorder is not None:  # refuse what the journal could not record, now
+            require_name(step, len(self._actions))
+            dump_state(step, len(self._actions))
+        return step
+
+    def _admit_new(self, action: Any, undo: Callable[[Any], object] | None) -> Any:
         if isinstance(action, type):
             raise TypeError(
                 f"cannot add the class {action.__qualname__}: add an instance of it, "
