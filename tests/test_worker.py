@@ -491,6 +491,7 @@ def test_json_log_lines_parse_with_run_ids_outcomes_and_the_library_fields(
             Waits(),
             rollback_retry=RetryPolicy(max_attempts=2, initial_delay=0.5, jitter="none"),
             sleep=sleep,
+            pass_on=0,
         ).run()
     assert dict(summary.outcomes) == {"rolled_back": 2, "needs_attention": 1, "unrecoverable": 1}
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -616,6 +617,11 @@ def test_worker_arguments_are_checked(journal: Journal) -> None:
         Worker(journal, progress_every=0)
     with pytest.raises(ValueError, match="progress_runs"):
         Worker(journal, progress_runs=0)
+    with pytest.raises(ValueError, match="pass_on must be an int >= 0, got -1"):
+        Worker(journal, pass_on=-1)
+    with pytest.raises(TypeError, match="pass_on"):
+        Worker(journal, pass_on=2.0)  # type: ignore[arg-type]
+    assert (Worker(journal).pass_on, Worker(journal, pass_on=0).pass_on) == (5, 0)
     with pytest.raises(TypeError, match="open_journal"):
         Worker("sqlite://")  # type: ignore[arg-type]
     once = Worker(journal)
@@ -803,7 +809,29 @@ def test_the_worker_command_refuses_runs_of_unregistered_action_types_unless_for
     code = main(["worker", "--journal", url, "--import", "_workers_actions", "--force"])
     out, err = capsys.readouterr()
     assert code == 0
+    # By default a run of a type this worker lacks is left for another worker, a few times.
+    assert "passed_on foreign-run foreign in " in out
+    assert "passed on (claim 1 of 5) to a recoverer that registers it" in out
+    with open_journal(url, heartbeat=False) as journal:
+        assert statuses(journal, ["foreign-run", *orphaned, "live-run"]) == [
+            "running",
+            "rolled_back",
+            "running",
+        ]
+        run = journal.timeline("foreign-run").run
+        assert run.lease_expires_at is not None
+        assert run.lease_expires_at > time.time()
+    later = FakeClock(time.time() + 3600)
+    with open_journal(url, heartbeat=False, clock=later) as others:
+        for _ in range(4):  # claims 2 to 5, each after the lease of the one before
+            assert others.claim("foreign-run") is not None
+            later.advance(3600)
+        others.release("foreign-run")
+    code = main(["worker", "--journal", url, "--import", "_workers_actions", "--force"])
+    out, err = capsys.readouterr()
+    assert code == 0
     assert "unrecoverable foreign-run foreign in " in out
+    assert "(after 5 claims that passed it on)" in out
     with open_journal(url, heartbeat=False) as journal:
         assert statuses(journal, ["foreign-run", *orphaned, "live-run"]) == [
             "needs_attention",
@@ -821,6 +849,8 @@ def test_the_worker_command_refuses_runs_of_unregistered_action_types_unless_for
         ("--lease", "-1"),
         ("--lease", "1e300"),
         ("--concurrency", "0"),
+        ("--pass-on", "-1"),
+        ("--pass-on", "many"),
     ],
 )
 def test_the_worker_command_rejects_bad_arguments(

@@ -272,8 +272,18 @@ def _parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="start even when some abandoned runs use action types no imported module "
-        "registers (those runs are marked needs_attention; by default the worker refuses to "
-        "start)",
+        "registers (those runs are passed on, see --pass-on; by default the worker refuses "
+        "to start)",
+    )
+    worker.add_argument(
+        "--pass-on",
+        metavar="N",
+        type=runs.non_negative_int,
+        default=workers.PASS_ON,
+        help="a run with an action type no --import module registers (a newer release's, "
+        "during a rolling deploy) is left untouched for another worker for one lease, until "
+        f"its N-th claim; the next claim marks it needs_attention (default: {workers.PASS_ON}; "
+        "0 marks it at once)",
     )
     return parser
 

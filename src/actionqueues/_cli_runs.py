@@ -71,6 +71,7 @@ _STATUS_COLOR = {
     "running": "33",
     "rolling_back": "33",
     "lost": "33",
+    "passed_on": "33",
     "unrecorded": "1;33",
     "pending": "2",
 }
@@ -125,6 +126,17 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An int >= 0 (for ``--pass-on``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0 or value > 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 1000000, got {text!r}")
     return value
 
 
@@ -512,9 +524,12 @@ def print_timeline(
         print(paint.dim("  none (no retries, failures or recoveries)"), file=out)
     for event in timeline.events:
         where = "run" if event.index is None else f"step {event.index}"
-        kind = {"retry": "running", "rollback_retry": "rolling_back", "claimed": "lost"}.get(
-            event.kind, "failed" if "fail" in event.kind or event.kind == "unrecoverable" else ""
-        )
+        kind = {
+            "retry": "running",
+            "rollback_retry": "rolling_back",
+            "claimed": "lost",
+            "passed_on": "passed_on",
+        }.get(event.kind, "failed" if "fail" in event.kind or event.kind == "unrecoverable" else "")
         print(
             f"  {paint.dim(('+' + duration(event.at - run.created_at)).rjust(10))}  "
             f"{where:<7}  {paint.status(kind, event.kind.ljust(15))}  {_clip(event.detail, 300)}",

@@ -211,7 +211,7 @@ class RunEvent:
         at: When (Unix time).
         index: The step, or None for the run.
         kind: ``retry``, ``failed``, ``rollback_retry``, ``rollback_failed``,
-            ``claimed``, ``released``, ``unrecoverable``.
+            ``claimed``, ``released``, ``unrecoverable``, ``passed_on``.
         detail: Free text (the error, the delay, the new owner).
     """
 

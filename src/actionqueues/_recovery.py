@@ -36,7 +36,7 @@ from ._journal import (
 )
 from ._policy import RetryPolicy
 from ._queue import ActionQueue
-from ._registry import load_step
+from ._registry import UnknownActionType, load_step
 from ._steps import FunctionStep
 
 __all__ = ["RecoveredRun", "RecoveryReport", "recover", "retry_rollback"]
@@ -44,7 +44,13 @@ __all__ = ["RecoveredRun", "RecoveryReport", "recover", "retry_rollback"]
 _Q = TypeVar("_Q", ActionQueue, AsyncActionQueue)
 
 Outcome = Literal[
-    "rolled_back", "resumed", "needs_attention", "unrecoverable", "lost", "unrecorded"
+    "rolled_back",
+    "resumed",
+    "needs_attention",
+    "unrecoverable",
+    "passed_on",
+    "lost",
+    "unrecorded",
 ]
 #: Every outcome, in the order summaries list them.
 OUTCOMES: tuple[Outcome, ...] = (
@@ -52,6 +58,7 @@ OUTCOMES: tuple[Outcome, ...] = (
     "resumed",
     "needs_attention",
     "unrecoverable",
+    "passed_on",
     "lost",
     "unrecorded",
 )
@@ -68,7 +75,10 @@ class RecoveredRun:
             (finished forward), ``needs_attention`` (a rollback still
             failed), ``unrecoverable`` (its steps could not be rebuilt; the
             run was marked ``needs_attention`` and left for a person),
-            ``lost`` (another process took it over meanwhile), or
+            ``passed_on`` (a step's action type is not registered in this
+            process: the run was left untouched for a recoverer that
+            registers it, see ``pass_on`` of :func:`recover`), ``lost``
+            (another process took it over meanwhile), or
             ``unrecorded`` (finished, but the journal could not be written:
             it still shows the run active, and recovery takes it again once
             its lease expires, redoing what is not recorded).
@@ -114,6 +124,7 @@ def recover(
     sleep: Callable[[float], Any] | None = None,
     listeners: Iterable[Listener] = (),
     should_stop: Callable[[], bool] | None = None,
+    pass_on: int = 0,
 ) -> RecoveryReport:
     """Finish every run whose owner's lease expired; return what was done.
 
@@ -144,6 +155,13 @@ def recover(
         listeners: Listeners of the recovery queues.
         should_stop: Called before each claim; return True to stop early
             (a worker's clean shutdown).
+        pass_on: How many claims of a run may find one of its action types
+            unregistered in this process and leave the run untouched for
+            another recoverer (one running newer code, during a rolling
+            deploy), before the claim that marks it ``needs_attention``
+            (0, the default: the first claim marks it). A run passed on is
+            claimable again, by any recoverer, once the lease this claim
+            took expires; its claims are counted by ``RunInfo.recoveries``.
 
     Raises:
         JournalError: the journal cannot be read or written.
@@ -153,6 +171,8 @@ def recover(
     _refuse_in_event_loop("recover")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise bad_argument(limit, (int,), f"limit must be an int >= 1 or None, got {limit!r}")
+    if type(pass_on) is not int or pass_on < 0:
+        raise bad_argument(pass_on, (int,), f"pass_on must be an int >= 0, got {pass_on!r}")
     listeners = tuple(listeners)
     done: list[RecoveredRun] = []
     while limit is None or len(done) < limit:
@@ -162,7 +182,9 @@ def recover(
         if timeline is None:
             break
         done.append(
-            _finish(journal, timeline, resume, retry, rollback_retry, sleep, listeners, False)
+            _finish(
+                journal, timeline, resume, retry, rollback_retry, sleep, listeners, False, pass_on
+            )
         )
     return RecoveryReport(tuple(done))
 
@@ -199,7 +221,7 @@ def retry_rollback(
             f"run {run_id} is being retried by {run.owner} right now (its lease runs until "
             f"{_iso(run.lease_expires_at)})"
         )
-    return _finish(journal, timeline, False, None, rollback_retry, sleep, tuple(listeners), True)
+    return _finish(journal, timeline, False, None, rollback_retry, sleep, tuple(listeners), True, 0)
 
 
 def _iso(at: float | None) -> str:
@@ -229,11 +251,17 @@ def _finish(
     sleep: Callable[[float], Any] | None,
     listeners: tuple[Listener, ...],
     retrying: bool,
+    pass_on: int,
 ) -> RecoveredRun:
     run = timeline.run
     try:
         actions = [load_step(step.type, step.state) for step in timeline.steps]
         policies = [policies_from_json(step.policies) for step in timeline.steps]
+    except UnknownActionType as exc:
+        if run.recoveries <= pass_on:
+            return _pass_on(journal, timeline, str(exc), pass_on)
+        passed = f" (after {pass_on} claims that passed it on)" if pass_on else ""
+        return _unrecoverable(journal, timeline, f"cannot rebuild the run's steps: {exc}{passed}")
     except Exception as exc:  # whatever the class raised: the run is marked, recovery goes on
         return _unrecoverable(journal, timeline, f"cannot rebuild the run's steps: {exc}")
     job = _Job(
@@ -298,6 +326,29 @@ def _result(
             f"(see the logged error); recovery takes it again once its lease expires",
         )
     return RecoveredRun(run.run_id, run.name, outcome, status.status)
+
+
+def _pass_on(journal: Journal, timeline: RunTimeline, reason: str, limit: int) -> RecoveredRun:
+    """Leave a claimed run untouched for another recoverer, for one lease (no heartbeat)."""
+    run = timeline.run
+    message = (
+        f"{reason[:4000]}; passed on (claim {run.recoveries} of {limit}) to a recoverer that "
+        f"registers it, claimable again in {journal.lease:g} s"
+    )
+    logger.warning(
+        "run %s (%s): %s",
+        run.run_id,
+        run.name,
+        message,
+        extra={"aq_event": "run_passed_on", "aq_run": run.run_id},
+    )
+    try:
+        # The commit renews the lease (now + lease) and nothing keeps it alive after: no
+        # recoverer, this one included, claims the run again before it expires.
+        journal.commit(run.run_id, {}, [("event", None, "passed_on", message)])
+    except LeaseLost as exc:
+        return RecoveredRun(run.run_id, run.name, "lost", run.status, str(exc))
+    return RecoveredRun(run.run_id, run.name, "passed_on", run.status, message)
 
 
 def _unrecoverable(journal: Journal, timeline: RunTimeline, message: str) -> RecoveredRun:

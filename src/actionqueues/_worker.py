@@ -71,6 +71,8 @@ EXIT_ABORTED = 3
 _SIGNAL_CHECK = 0.2
 #: How many abandoned runs ``actionqueues worker`` checks for unregistered action types.
 TYPE_CHECK_SAMPLE = 100
+#: The default ``pass_on`` of a :class:`Worker` (and ``actionqueues worker --pass-on``).
+PASS_ON = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,10 @@ class Worker:
         progress_runs: If given, a progress line every this many runs
             instead of every ``progress_every`` seconds.
         log: The logger of the worker's own records (default ``actionqueues.worker``).
+        pass_on: Passed to :func:`~actionqueues.recover`: how many claims
+            of a run with an action type this process does not register
+            leave it for another worker (one with newer code, during a
+            rolling deploy) before one marks it ``needs_attention``.
     """
 
     def __init__(
@@ -205,6 +211,7 @@ class Worker:
         progress_every: float = 2.0,
         progress_runs: int | None = None,
         log: logging.Logger | None = None,
+        pass_on: int = PASS_ON,
     ) -> None:
         if not isinstance(journal, Journal):
             raise TypeError(f"journal must be a Journal (open_journal(url)), got {journal!r}")
@@ -223,6 +230,9 @@ class Worker:
         self.poll = _positive("poll", poll)
         self.progress_every = _positive("progress_every", progress_every)
         self.progress_runs = progress_runs
+        if type(pass_on) is not int or pass_on < 0:
+            raise bad_argument(pass_on, (int,), f"pass_on must be an int >= 0, got {pass_on!r}")
+        self.pass_on = pass_on
         self.resume = bool(resume)
         self.retry = retry
         self.rollback_retry = rollback_retry
@@ -482,6 +492,7 @@ class Worker:
                     sleep=self.sleep,
                     listeners=self.listeners,
                     should_stop=self._stopping.is_set,
+                    pass_on=self.pass_on,
                 )
             except Exception as exc:  # the journal failed (unreachable, locked): try again later
                 failures += 1
@@ -779,7 +790,8 @@ def worker_command(args: argparse.Namespace, out: TextIO, err: TextIO, paint: Pa
                     f"actionqueues: error: recovery rebuilds each step from its registered "
                     f"action type, and these are not registered in this process: {listed}. "
                     f"Pass --import MODULE for each module that defines them; --force starts "
-                    f"anyway and marks such runs needs_attention. Nothing was changed.",
+                    f"anyway, passing such runs on to other workers (--pass-on) before it "
+                    f"marks them needs_attention. Nothing was changed.",
                     file=err,
                 )
                 return 2
@@ -789,6 +801,7 @@ def worker_command(args: argparse.Namespace, out: TextIO, err: TextIO, paint: Pa
             poll=args.poll,
             resume=not args.no_resume,
             progress_runs=100 if args.batch_progress else None,
+            pass_on=args.pass_on,
         )
         worker.stop_hint = "send SIGTERM or SIGINT again to release them and exit at once"
         with _signals(worker):

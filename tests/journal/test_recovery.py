@@ -10,6 +10,7 @@ import logging
 import pytest
 
 from actionqueues import ActionQueue, Journal, JournalError, RetryPolicy, recover, retry_rollback
+from actionqueues import _registry as registry
 from actionqueues.testing import FakeClock, RecordingSleep, inject_faults
 
 from .conftest import LEASE, OpenOther
@@ -596,6 +597,100 @@ def test_a_step_function_without_undo_in_flight_at_the_crash_is_rolled_back(
     assert [(r.outcome, r.status) for r in report.runs] == [("rolled_back", "rolled_back")]
     assert statuses(journal, q.run_id) == ["rolled_back", "rolled_back"]
     assert WORLD.keys_called("rollback") == ["a"]
+
+
+def test_a_run_of_a_type_this_process_lacks_is_passed_on_to_a_recoverer_that_has_it(
+    journal: Journal, clock: FakeClock, open_other: OpenOther, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rolling deploy: an old recoverer leaves the new type's run alone; a new one finishes it."""
+    run_id = "55555555-5555-4555-8555-555555555555"
+    write_run(journal, run_id, [("tests.journal.put", '{"key":"x"}', "running")])
+    clock.advance(LEASE + 1)
+    with monkeypatch.context() as old_release:
+        old_release.delitem(registry._BY_NAME, "tests.journal.put")
+        report = recover(journal, pass_on=3)
+        assert [(r.run_id, r.outcome, r.status) for r in report.runs] == [
+            (run_id, "passed_on", "running")
+        ]
+        assert not report.ok
+        error = report.runs[0].error
+        assert error is not None
+        assert error.startswith("unknown action type 'tests.journal.put'")
+        assert "passed on (claim 1 of 3)" in error
+        assert f"claimable again in {LEASE:g} s" in error
+        # Held for one lease, with no heartbeat: no recoverer takes it back at once.
+        assert recover(journal, pass_on=3).runs == ()
+        assert journal.heartbeat() == 0
+        clock.advance(LEASE - 1)
+        assert recover(open_other(clock=clock), pass_on=3).runs == ()
+    timeline = journal.timeline(run_id)
+    assert (timeline.run.status, timeline.run.error, timeline.run.recoveries) == (
+        "running",
+        None,
+        1,
+    )
+    assert [k for _, k in event_kinds(journal, run_id)] == ["claimed", "passed_on"]
+    assert WORLD.calls == []  # nothing of the run was called
+
+    clock.advance(2)
+    report = recover(open_other("new-release", clock=clock))
+    assert [(r.run_id, r.outcome, r.status) for r in report.runs] == [
+        (run_id, "rolled_back", "rolled_back")
+    ]
+    assert WORLD.keys_called("rollback") == ["x"]
+
+
+def test_a_run_passed_on_pass_on_times_is_marked_at_the_next_claim(
+    journal: Journal, clock: FakeClock
+) -> None:
+    """No recoverer ever registers the type: the claim after the pass_on-th marks the run."""
+    run_id = "66666666-6666-4666-8666-666666666666"
+    write_run(journal, run_id, [("no.such.type", "{}", "running")])
+    for claim in (1, 2):
+        clock.advance(LEASE + 1)
+        (result,) = recover(journal, pass_on=2).runs
+        assert (result.outcome, result.status) == ("passed_on", "running")
+        assert result.error is not None
+        assert f"(claim {claim} of 2)" in result.error
+    clock.advance(LEASE + 1)
+    (result,) = recover(journal, pass_on=2).runs
+    assert (result.outcome, result.status) == ("unrecoverable", "needs_attention")
+    assert result.error is not None
+    assert result.error.startswith("cannot rebuild the run's steps: unknown action type")
+    assert result.error.endswith("(after 2 claims that passed it on)")
+    timeline = journal.timeline(run_id)
+    assert (timeline.run.status, timeline.run.recoveries) == ("needs_attention", 3)
+    assert [k for _, k in event_kinds(journal, run_id)] == [
+        "claimed",
+        "passed_on",
+        "claimed",
+        "passed_on",
+        "claimed",
+        "unrecoverable",
+    ]
+    clock.advance(LEASE + 1)
+    assert recover(journal, pass_on=2).runs == ()
+
+
+def test_a_type_the_class_refuses_to_rebuild_is_never_passed_on(
+    journal: Journal, clock: FakeClock
+) -> None:
+    """pass_on is for a type this process lacks, not for a registered class that raises."""
+    run_id = "77777777-7777-4777-8777-777777777777"
+    write_run(journal, run_id, [("tests.journal.picky", json.dumps({"key": "runtime"}), "running")])
+    clock.advance(LEASE + 1)
+    (result,) = recover(journal, pass_on=5).runs
+    assert (result.outcome, result.status) == ("unrecoverable", "needs_attention")
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(-1, ValueError), (True, TypeError), (1.0, TypeError), ("2", TypeError)]
+)
+def test_pass_on_must_be_an_int_of_at_least_zero(
+    journal: Journal, value: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=r"pass_on must be an int >= 0, got"):
+        recover(journal, pass_on=value)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
