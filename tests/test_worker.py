@@ -267,6 +267,68 @@ def test_abort_releases_the_run_in_hand_so_another_worker_claims_it_at_once(
     assert journal.timeline(held).run.status == "rolled_back"
 
 
+@pytest.mark.parametrize("stop", ["abort", "stop"])
+def test_a_claim_in_flight_when_the_worker_stops_is_released_untouched(
+    url: str, journal: Journal, ledger: MemoryLedger, monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
+    """A claim that lands after stop() or abort(): the run is given back, nothing is called.
+
+    abort() also waits for the claim to land before it lists the runs in hand,
+    so run() returns only with the run released (the command line then ends
+    the process, which would leave a claim landing later held until its
+    lease expires).
+    """
+    (orphan,) = make_orphans(url, 1)
+    claim = journal.claim
+    in_claim = threading.Event()
+    landed = threading.Event()
+
+    def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        in_claim.set()
+        assert stopped.wait(PROCESS_TIMEOUT)  # the stop comes while the claim is in flight
+        found = claim(*args, **kwargs)
+        landed.set()
+        return found
+
+    stopped = threading.Event()
+    monkeypatch.setattr(journal, "claim", slow_claim)
+    running = worker(journal, Waits())
+    thread, done = in_background(running)
+    assert in_claim.wait(PROCESS_TIMEOUT)
+    getattr(running, stop)("test")
+    stopped.set()
+    thread.join(PROCESS_TIMEOUT)
+    assert not thread.is_alive()
+    if stop == "abort":
+        assert landed.is_set()  # run() waited for it
+        assert done[0].aborted
+    assert running.join(PROCESS_TIMEOUT)
+    assert done[0].recovered == 0
+    run = journal.timeline(orphan).run
+    assert (run.status in ACTIVE_STATUSES, run.owner, run.lease_expires_at) == (True, None, 0)
+    assert run.recoveries == 1
+    assert ledger.rollbacks == {}  # nothing of the run was called
+
+
+def test_recover_gives_back_a_run_claimed_while_a_stop_was_asked_for(
+    url: str, journal: Journal, ledger: MemoryLedger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """should_stop is asked again after the claim: true, the run is released untouched."""
+    orphaned = make_orphans(url, 2)
+    answers = iter([False, True])
+    caplog.set_level(logging.INFO, logger="actionqueues")
+    report = recover(journal, should_stop=lambda: next(answers))
+    assert report.runs == ()
+    runs = [journal.timeline(r).run for r in orphaned]
+    released = [r for r in runs if r.recoveries == 1]
+    assert len(released) == 1
+    assert (released[0].owner, released[0].lease_expires_at) == (None, 0)
+    assert ledger.rollbacks == {}
+    (record,) = [r for r in caplog.records if getattr(r, "aq_event", "") == "run_released"]
+    assert record.levelno == logging.WARNING
+    assert "claimed as recovery was stopping; released untouched" in record.getMessage()
+
+
 @pytest.mark.parametrize("failing", ["runs", "release"])
 def test_abort_logs_runs_it_cannot_release_and_still_returns(
     url: str,

@@ -153,8 +153,9 @@ def recover(
         sleep: Waits between retries (default :func:`time.sleep`); also
             waits out a retry delay that was running when the owner died.
         listeners: Listeners of the recovery queues.
-        should_stop: Called before each claim; return True to stop early
-            (a worker's clean shutdown).
+        should_stop: Called before each claim, and after it; return True to
+            stop early (a worker's clean shutdown). A run claimed while the
+            stop was asked for is released untouched, claimable at once.
         pass_on: How many claims of a run may find one of its action types
             unregistered in this process and leave the run untouched for
             another recoverer (one running newer code, during a rolling
@@ -180,6 +181,9 @@ def recover(
             break
         timeline = journal.claim(statuses=ACTIVE_STATUSES)
         if timeline is None:
+            break
+        if should_stop is not None and should_stop():
+            _give_back(journal, timeline.run)
             break
         done.append(
             _finish(
@@ -326,6 +330,29 @@ def _result(
             f"(see the logged error); recovery takes it again once its lease expires",
         )
     return RecoveredRun(run.run_id, run.name, outcome, status.status)
+
+
+def _give_back(journal: Journal, run: RunInfo) -> None:
+    """Release a run claimed as recovery was stopping, before anything was done to it."""
+    try:
+        journal.release(run.run_id)
+    except Exception as exc:  # its lease ends by itself
+        logger.error(
+            "run %s (%s): claimed as recovery was stopping, and cannot be released (%s); it "
+            "is claimable once its lease expires",
+            run.run_id,
+            run.name,
+            exc,
+            extra={"aq_event": "release_failed", "aq_run": run.run_id},
+        )
+        return
+    logger.warning(
+        "run %s (%s): claimed as recovery was stopping; released untouched, another "
+        "recoverer may claim it now",
+        run.run_id,
+        run.name,
+        extra={"aq_event": "run_released", "aq_run": run.run_id},
+    )
 
 
 def _pass_on(journal: Journal, timeline: RunTimeline, reason: str, limit: int) -> RecoveredRun:

@@ -69,6 +69,9 @@ MAX_ERROR_DELAY = 60.0
 EXIT_ABORTED = 3
 #: How often run()'s main loop wakes up at least (seconds), to act on signals.
 _SIGNAL_CHECK = 0.2
+#: After abort(), how long run() waits for claims in flight before it releases the runs
+#: in hand (seconds): a claim that lands later is released by its thread, if it lives.
+_CLAIM_GRACE = 5.0
 #: How many abandoned runs ``actionqueues worker`` checks for unregistered action types.
 TYPE_CHECK_SAMPLE = 100
 #: The default ``pass_on`` of a :class:`Worker` (and ``actionqueues worker --pass-on``).
@@ -251,6 +254,8 @@ class Worker:
         self._lock = threading.Lock()
         self._progress_lock = threading.Lock()
         self._busy: set[int] = set()
+        self._claiming: set[int] = set()  # threads inside a claim
+        self._claimed = threading.Condition(self._lock)  # notified when one leaves it
         self._threads: list[threading.Thread] = []
         self._ended = 0
         self._failed = False
@@ -360,6 +365,8 @@ class Worker:
                 announced = True
                 self._log_stopping()
             if self._aborting:
+                with self._claimed:  # a claim in flight lands before the runs are listed
+                    self._claimed.wait_for(lambda: not self._claiming, _CLAIM_GRACE)
                 released = self._release_held()
                 break
             with self._lock:
@@ -483,17 +490,20 @@ class Worker:
                 self._busy.add(number)
             began = self.clock()
             try:
-                report = recover(
-                    self.journal,
-                    resume=self.resume,
-                    limit=1,
-                    retry=self.retry,
-                    rollback_retry=self.rollback_retry,
-                    sleep=self.sleep,
-                    listeners=self.listeners,
-                    should_stop=self._stopping.is_set,
-                    pass_on=self.pass_on,
-                )
+                try:
+                    report = recover(
+                        self.journal,
+                        resume=self.resume,
+                        limit=1,
+                        retry=self.retry,
+                        rollback_retry=self.rollback_retry,
+                        sleep=self.sleep,
+                        listeners=self.listeners,
+                        should_stop=self._claim_checks(number),
+                        pass_on=self.pass_on,
+                    )
+                finally:
+                    self._claim_ended(number)
             except Exception as exc:  # the journal failed (unreachable, locked): try again later
                 failures += 1
                 with self._lock:
@@ -519,6 +529,33 @@ class Worker:
             elif not self.stopping:
                 self._idle(number)
                 self._pause(self.poll)
+
+    def _claim_checks(self, number: int) -> Callable[[], bool]:
+        """``should_stop`` of one recover(limit=1) call: called before its claim and after.
+
+        Between the two calls (or until recover() returns: nothing to claim, or
+        the journal failed) thread ``number`` counts as inside a claim, which
+        abort() waits for before it lists the runs in hand to release them.
+        """
+        calls = 0
+
+        def should_stop() -> bool:
+            nonlocal calls
+            calls += 1
+            with self._claimed:
+                if calls == 1:
+                    self._claiming.add(number)
+                else:
+                    self._claiming.discard(number)
+                    self._claimed.notify_all()
+            return self._stopping.is_set()
+
+        return should_stop
+
+    def _claim_ended(self, number: int) -> None:
+        with self._claimed:
+            self._claiming.discard(number)
+            self._claimed.notify_all()
 
     def _record(self, result: RecoveredRun, began: float) -> None:
         now = self.clock()
