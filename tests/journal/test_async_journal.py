@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import types
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from actionqueues import (
     recover,
     retry_rollback,
 )
+from actionqueues._durable import RunRecorder
 from actionqueues.testing import FakeClock, RecordingSleep, inject_faults
 
 from .conftest import LEASE, OpenOther
@@ -95,7 +98,13 @@ def test_a_cancellation_that_arrives_as_a_commit_lands_leaves_the_journal_consis
         await acommit(*args, **kwargs)
         commits += 1
         if commits == 1:  # step 0's result and step 1's start: landed, then cancelled
-            asyncio.get_running_loop().call_soon(target[0].cancel)
+            # ... before the write resumes: as a server's reply is read, a turn of the loop
+            # later (a write that never yields gives a cancellation no moment to come)
+            loop = asyncio.get_running_loop()
+            reply = loop.create_future()
+            loop.call_soon(target[0].cancel)
+            loop.call_soon(reply.set_result, None)
+            await reply
 
     monkeypatch.setattr(journal, "acommit", cancelling_acommit)
 
@@ -405,28 +414,155 @@ def test_an_async_step_function_in_flight_at_the_crash_needs_attention(
     assert WORLD.undone == []
 
 
-def test_an_async_write_gets_a_shielding_task_only_if_the_journal_awaits(
+def test_an_async_write_is_shielded_only_if_the_journal_awaits(
     journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A journal whose async writes are its blocking ones (SQLite) writes inline: nothing can
-    cancel such a write midway. One that awaits (PostgreSQL) gets a task shielding each write
-    from cancellation: here 4 (the create, 2 step commits, the outcome)."""
+    cancel such a write midway. One that awaits (PostgreSQL) has each write shielded from
+    cancellation, with no task: here 4 (the create, 2 step commits, the outcome)."""
     shielded: list[object] = []
-    ensure_future = asyncio.ensure_future
+    tasks: list[object] = []
+    shield = RunRecorder._shielded
+    create_task = asyncio.BaseEventLoop.create_task
 
-    def counting(coroutine: Any) -> Any:
-        shielded.append(coroutine)
-        return ensure_future(coroutine)
+    async def counting(recorder: RunRecorder, write: Any) -> None:
+        shielded.append(write)
+        await shield(recorder, write)
 
-    monkeypatch.setattr(asyncio, "ensure_future", counting)
+    def counting_tasks(loop: Any, coroutine: Any, **kwargs: Any) -> Any:
+        tasks.append(coroutine)
+        return create_task(loop, coroutine, **kwargs)
 
-    async def main() -> None:
+    monkeypatch.setattr(RunRecorder, "_shielded", counting)
+    monkeypatch.setattr(asyncio.BaseEventLoop, "create_task", counting_tasks)
+
+    async def main() -> int:
+        before = len(tasks)
         q = AsyncActionQueue(journal=journal)
         for key in "abc":
             q.add(AsyncPut(key))
         await q.execute()
+        return len(tasks) - before
 
-    asyncio.run(main())
+    assert asyncio.run(main()) == 0  # no task per write
     awaits = type(journal).acommit is not Journal.acommit
     assert len(shielded) == (4 if awaits else 0)
     assert WORLD.ledger == {"a": 1, "b": 1, "c": 1}
+
+
+@types.coroutine
+def _bare_yield() -> Generator[None, None, None]:
+    """What ``asyncio.sleep(0)`` yields: no future, one turn of the loop."""
+    yield
+
+
+def test_cancellations_at_every_await_of_a_write_wait_for_it_then_one_is_raised(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled during a bare yield and during a future of step 1's start commit (twice):
+    the commit still lands whole, then one CancelledError ends the run, which rolls back."""
+    acommit = journal.acommit
+    writes: list[str] = []
+    target: list[asyncio.Task[None]] = []
+
+    async def interrupted_acommit(*args: Any, **kwargs: Any) -> None:
+        if not writes:  # step 0's result and step 1's start
+            loop = asyncio.get_running_loop()
+            loop.call_soon(target[0].cancel)
+            await _bare_yield()
+            writes.append("after the bare yield")
+            reply = loop.create_future()
+            loop.call_soon(target[0].cancel)
+            loop.call_soon(target[0].cancel)
+            loop.call_soon(loop.call_soon, reply.set_result, None)
+            await reply
+            writes.append("after the future")
+        await acommit(*args, **kwargs)
+        writes.append("landed")
+
+    monkeypatch.setattr(journal, "acommit", interrupted_acommit)
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(AsyncPut("a"))
+        q.add(AsyncPut("b"))
+        task = asyncio.get_running_loop().create_task(q.execute())
+        target.append(task)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await q.rollback()).ok
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    assert writes[:3] == ["after the bare yield", "after the future", "landed"]
+    assert WORLD.keys_called("execute") == ["a"]
+    assert WORLD.keys_called("rollback") == ["b", "a"]  # b's start landed
+    assert statuses(journal, run_id) == ["rolled_back", "rolled_back"]
+
+
+@pytest.mark.parametrize("outcome", ["cancelled", "failed"])
+def test_a_write_whose_awaited_future_fails_gets_its_error(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    """Not the task but what the write awaits is cancelled, or fails: the write gets that
+    error, nothing of it is written, and it stays pending (as with a task of its own)."""
+    acommit = journal.acommit
+    calls: list[str] = []
+    error: type[BaseException] = asyncio.CancelledError if outcome == "cancelled" else OSError
+
+    async def aborted_acommit(*args: Any, **kwargs: Any) -> None:
+        if not calls:
+            calls.append("aborted")
+            reply = asyncio.get_running_loop().create_future()
+            if outcome == "cancelled":
+                asyncio.get_running_loop().call_soon(reply.cancel)
+            else:
+                asyncio.get_running_loop().call_soon(reply.set_exception, OSError("reset"))
+            try:
+                await reply
+            except error:
+                calls.append(f"{outcome} inside")
+                raise
+        await acommit(*args, **kwargs)
+
+    monkeypatch.setattr(journal, "acommit", aborted_acommit)
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(AsyncPut("a"))
+        q.add(AsyncPut("b"))
+        with pytest.raises(error):
+            await q.execute()
+        assert (await q.rollback()).ok
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    assert calls == ["aborted", f"{outcome} inside"]
+    assert WORLD.keys_called("execute") == ["a"]
+    assert statuses(journal, run_id)[0] == "rolled_back"
+
+
+def test_a_write_that_awaits_something_not_a_future_gets_a_clear_error(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal write yielding what asyncio cannot wait for: a RuntimeError inside it."""
+
+    @types.coroutine
+    def odd() -> Generator[int, None, None]:
+        yield 42
+
+    async def odd_acommit(*args: Any, **kwargs: Any) -> None:
+        await odd()
+
+    monkeypatch.setattr(journal, "acommit", odd_acommit)
+
+    async def main() -> None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(AsyncPut("a"))
+        q.add(AsyncPut("b"))
+        await q.execute()
+
+    with pytest.raises(RuntimeError, match="a journal write awaited 42, not a future"):
+        asyncio.run(main())
