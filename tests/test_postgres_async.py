@@ -30,6 +30,7 @@ from actionqueues import (
     register_action,
 )
 from actionqueues._postgres import PostgresJournal, _AsyncConnections
+from actionqueues._recovery import shared_event_loop
 from actionqueues.testing import FakeClock, inject_faults
 
 pytestmark = _pgtest.marks()
@@ -300,10 +301,11 @@ def test_async_with_closes_the_journal_and_its_loops_pool(url: str) -> None:
     assert [pool.closed for pool in pools] == [True]
 
 
-def test_recovering_async_runs_closes_each_loops_connections(
+def test_recovering_async_runs_shares_one_loop_and_its_connections_then_closes_them(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """recover() runs each async run in a loop of its own, and closes that loop's pool."""
+    """recover() runs the async runs of one call on one loop: one connection for all of them,
+    closed (with the loop) when recover() returns. A worker thread's calls share theirs."""
     with open_journal(url, heartbeat=False) as journal:
 
         async def abandon() -> None:
@@ -312,23 +314,35 @@ def test_recovering_async_runs_closes_each_loops_connections(
             await q.execute()
             journal.commit(str(q.run_id), {"status": "running"}, [])  # as if it had died
 
-        for _ in range(3):
+        for _ in range(5):
             asyncio.run(abandon())
     ORDER.clear()
     opened: list[Any] = []
     connect = PostgresJournal._aconnect
 
     async def recording_connect(journal: PostgresJournal) -> Any:
-        opened.append(journal._apools.get(asyncio.get_running_loop()))  # None: the first
+        opened.append(asyncio.get_running_loop())
         return await connect(journal)
 
     monkeypatch.setattr(PostgresJournal, "_aconnect", recording_connect)
     with open_journal(url, heartbeat=False, clock=FakeClock(time.time() + 3600)) as recoverer:
-        report = recover(recoverer)
+        report = recover(recoverer, limit=3)
         assert [r.outcome for r in report.runs] == ["rolled_back"] * 3
         assert ORDER == ["undo 0"] * 3
-        assert len(opened) == 3  # one connection per run, each for a loop of its own
-        assert recoverer._apools == {}  # type: ignore[attr-defined]  # closed with their loops
+        assert len(opened) == 1  # one connection, on one loop, for the three runs
+        assert opened[0].is_closed()
+        assert recoverer._apools == {}  # type: ignore[attr-defined]  # closed with the loop
+
+        with shared_event_loop():  # a worker thread: one loop across its recover() calls
+            for _ in range(2):
+                (result,) = recover(recoverer, limit=1).runs
+                assert result.outcome == "rolled_back"
+            assert len(opened) == 2
+            assert not opened[1].is_closed()
+            assert len(recoverer._apools) == 1  # type: ignore[attr-defined]
+        assert opened[1].is_closed()
+        assert recoverer._apools == {}  # type: ignore[attr-defined]
+    assert ORDER == ["undo 0"] * 5
 
 
 def test_close_from_async_code_closes_the_loops_pool_soon_after(url: str) -> None:

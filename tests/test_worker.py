@@ -329,6 +329,29 @@ def test_recover_gives_back_a_run_claimed_while_a_stop_was_asked_for(
     assert "claimed as recovery was stopping; released untouched" in record.getMessage()
 
 
+def test_a_run_claimed_while_stopping_that_cannot_be_released_is_logged_and_left_to_its_lease(
+    url: str,
+    journal: Journal,
+    ledger: MemoryLedger,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (orphan,) = make_orphans(url, 1)
+    answers = iter([False, True])
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise JournalError("the database is gone", url)
+
+    monkeypatch.setattr(journal, "release", fail)
+    assert recover(journal, should_stop=lambda: next(answers)).runs == ()
+    (record,) = [r for r in caplog.records if getattr(r, "aq_event", "") == "release_failed"]
+    assert record.levelno == logging.ERROR
+    assert "cannot be released (the database is gone)" in record.getMessage()
+    run = journal.timeline(orphan).run
+    assert (run.owner, run.recoveries) == ("worker", 1)  # held until its lease expires
+    assert ledger.rollbacks == {}
+
+
 @pytest.mark.parametrize("failing", ["runs", "release"])
 def test_abort_logs_runs_it_cannot_release_and_still_returns(
     url: str,

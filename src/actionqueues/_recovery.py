@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime
 import inspect
-from collections.abc import Callable, Iterable
+import sys
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -42,6 +45,7 @@ from ._steps import FunctionStep
 __all__ = ["RecoveredRun", "RecoveryReport", "recover", "retry_rollback"]
 
 _Q = TypeVar("_Q", ActionQueue, AsyncActionQueue)
+_T = TypeVar("_T")
 
 Outcome = Literal[
     "rolled_back",
@@ -176,20 +180,30 @@ def recover(
         raise bad_argument(pass_on, (int,), f"pass_on must be an int >= 0, got {pass_on!r}")
     listeners = tuple(listeners)
     done: list[RecoveredRun] = []
-    while limit is None or len(done) < limit:
-        if should_stop is not None and should_stop():
-            break
-        timeline = journal.claim(statuses=ACTIVE_STATUSES)
-        if timeline is None:
-            break
-        if should_stop is not None and should_stop():
-            _give_back(journal, timeline.run)
-            break
-        done.append(
-            _finish(
-                journal, timeline, resume, retry, rollback_retry, sleep, listeners, False, pass_on
+    with _event_loop() as loops:
+        while limit is None or len(done) < limit:
+            if should_stop is not None and should_stop():
+                break
+            timeline = journal.claim(statuses=ACTIVE_STATUSES)
+            if timeline is None:
+                break
+            if should_stop is not None and should_stop():
+                _give_back(journal, timeline.run)
+                break
+            done.append(
+                _finish(
+                    journal,
+                    timeline,
+                    resume,
+                    retry,
+                    rollback_retry,
+                    sleep,
+                    listeners,
+                    False,
+                    pass_on,
+                    loops,
+                )
             )
-        )
     return RecoveryReport(tuple(done))
 
 
@@ -225,13 +239,139 @@ def retry_rollback(
             f"run {run_id} is being retried by {run.owner} right now (its lease runs until "
             f"{_iso(run.lease_expires_at)})"
         )
-    return _finish(journal, timeline, False, None, rollback_retry, sleep, tuple(listeners), True, 0)
+    with _event_loop() as loops:
+        return _finish(
+            journal, timeline, False, None, rollback_retry, sleep, tuple(listeners), True, 0, loops
+        )
 
 
 def _iso(at: float | None) -> str:
     if at is None:  # pragma: no cover - a claimed run always has a lease
         return "?"
     return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class _EventLoop:
+    """The event loop on which recovery finishes async runs, made at the first one.
+
+    One loop serves every async run of a :func:`recover` call (of a worker
+    thread, under :func:`shared_event_loop`), so that the journal's async
+    connections opened for it serve them all, instead of a loop and new
+    connections per run. Each run still ends as under ``asyncio.run()``: the
+    tasks it left behind are cancelled, it runs in a fresh copy of the
+    thread's context, and (3.11+, in the main thread) a Ctrl-C cancels it
+    before it is raised.
+    """
+
+    def __init__(self) -> None:
+        self._runner: Any = None
+        self._journals: list[Journal] = []
+
+    def run(self, journal: Journal, main: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``main`` to its end, as ``asyncio.run(main)`` would, on this loop."""
+        if self._runner is None:
+            self._runner = _Runner()
+        if journal not in self._journals:
+            self._journals.append(journal)
+        try:
+            result: _T = self._runner.run(main, context=contextvars.copy_context())
+            return result
+        finally:
+            _cancel_left_tasks(self._runner.get_loop())
+
+    def close(self) -> None:
+        """Close the journals' connections of this loop, then the loop (if one was made)."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        try:
+            for journal in self._journals:
+                with contextlib.suppress(Exception):  # a dead connection: closed anyway
+                    runner.run(journal._aclose_loop())
+        finally:
+            runner.close()
+
+
+if sys.version_info >= (3, 11):
+    _Runner = asyncio.Runner
+else:  # pragma: no cover - Python 3.10
+
+    class _Runner:
+        """What recovery uses of ``asyncio.Runner`` (3.11+): asyncio.run() on one loop."""
+
+        def __init__(self) -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+
+        def get_loop(self) -> asyncio.AbstractEventLoop:
+            return self._loop
+
+        def run(self, main: Coroutine[Any, Any, _T], *, context: object = None) -> _T:
+            # the task copies the thread's context, as asyncio.run() does on 3.10
+            return self._loop.run_until_complete(main)
+
+        def close(self) -> None:
+            loop = self._loop
+            try:
+                _cancel_left_tasks(loop)
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+
+def _cancel_left_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks a run left behind, and let them end (what ``asyncio.run()`` does)."""
+    left = asyncio.all_tasks(loop)
+    if not left:
+        return
+    for task in left:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    for task in left:
+        if not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler(
+                {
+                    "message": "unhandled exception in a task left by a recovered run",
+                    "exception": task.exception(),
+                    "task": task,
+                }
+            )
+
+
+_SHARED = threading.local()
+
+
+@contextlib.contextmanager
+def shared_event_loop() -> Iterator[None]:
+    """Within it, the :func:`recover` calls of this thread share one event loop.
+
+    What a worker thread does, which calls ``recover(limit=1)`` once per run:
+    its async runs then reuse the loop and its journal connections. The loop
+    is closed on the way out.
+    """
+    loops = _EventLoop()
+    _SHARED.loops = loops
+    try:
+        yield
+    finally:
+        _SHARED.loops = None
+        loops.close()
+
+
+@contextlib.contextmanager
+def _event_loop() -> Iterator[_EventLoop]:
+    """The thread's shared loop (see :func:`shared_event_loop`), or one for this call."""
+    shared: _EventLoop | None = getattr(_SHARED, "loops", None)
+    if shared is not None:
+        yield shared
+        return
+    loops = _EventLoop()
+    try:
+        yield loops
+    finally:
+        loops.close()
 
 
 def _refuse_in_event_loop(name: str) -> None:
@@ -256,6 +396,7 @@ def _finish(
     listeners: tuple[Listener, ...],
     retrying: bool,
     pass_on: int,
+    loops: _EventLoop,
 ) -> RecoveredRun:
     run = timeline.run
     try:
@@ -273,7 +414,7 @@ def _finish(
     )
     try:
         if run.kind == "async":
-            outcome = asyncio.run(_finish_async(job, retrying))
+            outcome = loops.run(journal, _finish_in_loop(job, retrying))
         else:
             outcome = _finish_sync(job, retrying)
     except LeaseLost as exc:
@@ -523,13 +664,6 @@ def _finish_sync(job: _Job, retrying: bool) -> Literal["rolled_back", "resumed"]
             return "resumed"
     queue.rollback()
     return "rolled_back"
-
-
-async def _finish_async(job: _Job, retrying: bool) -> Literal["rolled_back", "resumed"]:
-    try:
-        return await _finish_in_loop(job, retrying)
-    finally:  # this loop (one per run) ends here: so do the connections opened for it
-        await job.journal._aclose_loop()
 
 
 async def _finish_in_loop(job: _Job, retrying: bool) -> Literal["rolled_back", "resumed"]:

@@ -48,7 +48,7 @@ from ._errors import bad_argument
 from ._events import Listener
 from ._journal import ACTIVE_STATUSES, Journal, JournalError
 from ._policy import RetryPolicy
-from ._recovery import OUTCOMES, RecoveredRun, recover
+from ._recovery import OUTCOMES, RecoveredRun, recover, shared_event_loop
 
 __all__ = [
     "JsonLogFormatter",
@@ -466,7 +466,8 @@ class Worker:
 
     def _thread_main(self, number: int) -> None:
         try:
-            self._loop(number)
+            with shared_event_loop():  # its async runs share one loop, and its connections
+                self._loop(number)
         except BaseException:
             self._failed = True
             self.log.critical(

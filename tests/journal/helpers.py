@@ -296,6 +296,7 @@ def write_run(
     name: str = "foreign",
     status: str = "running",
     policies: str | None = None,
+    kind: str = "sync",
 ) -> None:
     """Write a run as some other program (or version) would: steps are (type, state, status).
 
@@ -307,7 +308,7 @@ def write_run(
         {
             "run_id": run_id,
             "name": name,
-            "kind": "sync",
+            "kind": kind,
             "status": status,
             "resumable": 0,
             "steps": len(steps),

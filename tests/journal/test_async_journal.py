@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import json
+import logging
 import types
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from actionqueues import (
+    AsyncAction,
     AsyncActionQueue,
     Journal,
     LeaseLost,
@@ -17,13 +22,24 @@ from actionqueues import (
     StepContext,
     current_step,
     recover,
+    register_action,
     retry_rollback,
 )
 from actionqueues._durable import RunRecorder
 from actionqueues.testing import FakeClock, RecordingSleep, inject_faults
 
 from .conftest import LEASE, OpenOther
-from .helpers import WORLD, AsyncPut, Crash, Killer, Put, async_charge, event_kinds, statuses
+from .helpers import (
+    WORLD,
+    AsyncPut,
+    Crash,
+    Killer,
+    Put,
+    async_charge,
+    event_kinds,
+    statuses,
+    write_run,
+)
 
 
 def test_an_async_happy_run_is_recorded(journal: Journal) -> None:
@@ -566,3 +582,72 @@ def test_a_write_that_awaits_something_not_a_future_gets_a_clear_error(
 
     with pytest.raises(RuntimeError, match="a journal write awaited 42, not a future"):
         asyncio.run(main())
+
+
+_SEEN: list[str] = []
+_LEFT: list[asyncio.Task[None]] = []
+_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("tests_journal_var", default="unset")
+
+
+@register_action("tests.journal.litterer")
+@dataclass
+class Litterer(AsyncAction):
+    """Its rollback sets a context variable and leaves two tasks waiting forever behind."""
+
+    key: str
+
+    async def execute(self) -> None:
+        pass
+
+    async def rollback(self) -> None:
+        _SEEN.append(f"{self.key} sees {_VAR.get()}")
+        _VAR.set(self.key)
+        loop = asyncio.get_running_loop()
+
+        async def forever(fails: bool) -> None:
+            try:
+                await loop.create_future()
+            except asyncio.CancelledError:
+                _SEEN.append(f"{self.key}'s task cancelled")
+                if fails:
+                    raise ValueError(f"{self.key}'s task failed as it was cancelled") from None
+                raise
+
+        _LEFT.extend((loop.create_task(forever(False)), loop.create_task(forever(True))))
+
+
+def test_each_recovered_async_run_ends_as_under_asyncio_run(
+    journal: Journal, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Async runs share recovery's loop, yet each ends as asyncio.run() ends one: the tasks it
+    left are cancelled (an error of theirs goes to the loop's handler), and a context
+    variable it set is not seen by the next run."""
+    _SEEN.clear()
+    _LEFT.clear()
+    for key in "xy":
+        write_run(
+            journal,
+            f"{key * 8}-0000-4000-8000-000000000000",
+            [("tests.journal.litterer", json.dumps({"key": key}), "running")],
+            kind="async",
+        )
+    clock.advance(LEASE + 1)
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    report = recover(journal)
+    assert [r.outcome for r in report.runs] == ["rolled_back", "rolled_back"]
+    first, second = (r.run_id[0] for r in report.runs)
+    assert [
+        f"{first} sees unset",
+        f"{first}'s task cancelled",
+        f"{first}'s task cancelled",
+        f"{second} sees unset",
+        f"{second}'s task cancelled",
+        f"{second}'s task cancelled",
+    ] == _SEEN
+    assert len(_LEFT) == 4
+    assert all(task.done() for task in _LEFT)
+    handled = [r for r in caplog.records if "left by a recovered run" in r.getMessage()]
+    assert len(handled) == 2
+    assert {str(r.exc_info[1]) for r in handled if r.exc_info} == {
+        f"{k}'s task failed as it was cancelled" for k in "xy"
+    }

@@ -6,10 +6,19 @@ import asyncio
 import gc
 import json
 import logging
+from typing import Any
 
 import pytest
 
-from actionqueues import ActionQueue, Journal, JournalError, RetryPolicy, recover, retry_rollback
+from actionqueues import (
+    ActionQueue,
+    Journal,
+    JournalError,
+    LeaseLost,
+    RetryPolicy,
+    recover,
+    retry_rollback,
+)
 from actionqueues import _registry as registry
 from actionqueues.testing import FakeClock, RecordingSleep, inject_faults
 
@@ -670,6 +679,24 @@ def test_a_run_passed_on_pass_on_times_is_marked_at_the_next_claim(
     ]
     clock.advance(LEASE + 1)
     assert recover(journal, pass_on=2).runs == ()
+
+
+def test_a_run_taken_over_while_it_is_passed_on_is_lost(
+    journal: Journal, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass-on write finds another owner (this claim's lease ran out): outcome lost."""
+    run_id = "88888888-8888-4888-8888-888888888888"
+    write_run(journal, run_id, [("no.such.type", "{}", "running")])
+    clock.advance(LEASE + 1)
+
+    def taken(run: str, *args: Any, **kwargs: Any) -> None:
+        raise LeaseLost(run, journal.owner, journal.url)
+
+    monkeypatch.setattr(journal, "commit", taken)
+    (result,) = recover(journal, pass_on=1).runs
+    assert (result.outcome, result.status) == ("lost", "running")
+    assert result.error is not None
+    assert run_id in result.error
 
 
 def test_a_type_the_class_refuses_to_rebuild_is_never_passed_on(
