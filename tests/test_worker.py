@@ -269,7 +269,12 @@ def test_abort_releases_the_run_in_hand_so_another_worker_claims_it_at_once(
 
 @pytest.mark.parametrize("stop", ["abort", "stop"])
 def test_a_claim_in_flight_when_the_worker_stops_is_released_untouched(
-    url: str, journal: Journal, ledger: MemoryLedger, monkeypatch: pytest.MonkeyPatch, stop: str
+    url: str,
+    journal: Journal,
+    ledger: MemoryLedger,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    stop: str,
 ) -> None:
     """A claim that lands after stop() or abort(): the run is given back, nothing is called.
 
@@ -292,6 +297,7 @@ def test_a_claim_in_flight_when_the_worker_stops_is_released_untouched(
 
     stopped = threading.Event()
     monkeypatch.setattr(journal, "claim", slow_claim)
+    caplog.set_level(logging.INFO, logger="actionqueues")
     running = worker(journal, Waits())
     thread, done = in_background(running)
     assert in_claim.wait(PROCESS_TIMEOUT)
@@ -308,6 +314,12 @@ def test_a_claim_in_flight_when_the_worker_stops_is_released_untouched(
     assert (run.status in ACTIVE_STATUSES, run.owner, run.lease_expires_at) == (True, None, 0)
     assert run.recoveries == 1
     assert ledger.rollbacks == {}  # nothing of the run was called
+    released = [r for r in caplog.records if getattr(r, "aq_event", "") == "run_released"]
+    assert [r.getMessage() for r in released] == [
+        f"run {orphan} (orphan): claimed as recovery was stopping; released untouched, "
+        f"another recoverer may claim it now"
+    ]
+    assert done[0].released == ()  # given back by its thread, not by abort()
 
 
 def test_recover_gives_back_a_run_claimed_while_a_stop_was_asked_for(
@@ -350,6 +362,44 @@ def test_a_run_claimed_while_stopping_that_cannot_be_released_is_logged_and_left
     run = journal.timeline(orphan).run
     assert (run.owner, run.recoveries) == ("worker", 1)  # held until its lease expires
     assert ledger.rollbacks == {}
+
+
+def test_abort_does_not_release_the_runs_the_worker_passed_on(
+    url: str, journal: Journal, ledger: MemoryLedger
+) -> None:
+    """A run passed on waits out its lease even if the worker is aborted: only the run
+    in hand is released (else another old worker would take it at once)."""
+    newer = "newer-release-run"
+    # Abandoned first (its lease expired first): claimed first, and passed on.
+    with open_journal(url, owner="dead", clock=FakeClock(START - 60), heartbeat=False) as dead:
+        dead.create(
+            {
+                "run_id": newer,
+                "name": "newer",
+                "kind": "sync",
+                "status": "running",
+                "resumable": 0,
+                "steps": 1,
+                "started": 1,
+            },
+            [{"idx": 0, "type": "workers_tests.newer_type", "state": "{}"}],
+            [("step", 0, {"status": "running", "attempts": 1, "started_at": START - 60})],
+        )
+    make_orphans(url, 1)
+    gate = Gate()
+    ledger.on_rollback = gate
+    running = worker(journal, Waits())
+    thread, done = in_background(running)
+    held = gate.held_run()
+    running.abort("test")
+    thread.join(PROCESS_TIMEOUT)
+    assert done[0].aborted
+    assert done[0].released == (held,)
+    run = journal.timeline(newer).run
+    assert (run.owner, run.status in ACTIVE_STATUSES) == ("worker", True)
+    assert run.lease_expires_at == LATER + journal.lease  # not released: claimable later
+    gate.open.set()
+    assert running.join(PROCESS_TIMEOUT)
 
 
 @pytest.mark.parametrize("failing", ["runs", "release"])
@@ -896,7 +946,7 @@ def test_the_worker_command_refuses_runs_of_unregistered_action_types_unless_for
     assert code == 0
     # By default a run of a type this worker lacks is left for another worker, a few times.
     assert "passed_on foreign-run foreign in " in out
-    assert "passed on (claim 1 of 5) to a recoverer that registers it" in out
+    assert "passed on (1 of 5) to a recoverer that can rebuild them" in out
     with open_journal(url, heartbeat=False) as journal:
         assert statuses(journal, ["foreign-run", *orphaned, "live-run"]) == [
             "running",
@@ -906,17 +956,18 @@ def test_the_worker_command_refuses_runs_of_unregistered_action_types_unless_for
         run = journal.timeline("foreign-run").run
         assert run.lease_expires_at is not None
         assert run.lease_expires_at > time.time()
-    later = FakeClock(time.time() + 3600)
-    with open_journal(url, heartbeat=False, clock=later) as others:
-        for _ in range(4):  # claims 2 to 5, each after the lease of the one before
-            assert others.claim("foreign-run") is not None
-            later.advance(3600)
+    # Its lease over (another worker claims it, and gives it back), a worker allowing one
+    # pass marks it: it was passed on once already.
+    with open_journal(url, heartbeat=False, clock=FakeClock(time.time() + 3600)) as others:
+        assert others.claim("foreign-run") is not None
         others.release("foreign-run")
-    code = main(["worker", "--journal", url, "--import", "_workers_actions", "--force"])
+    code = main(
+        ["worker", "--journal", url, "--import", "_workers_actions", "--force", "--pass-on", "1"]
+    )
     out, err = capsys.readouterr()
     assert code == 0
     assert "unrecoverable foreign-run foreign in " in out
-    assert "(after 5 claims that passed it on)" in out
+    assert "(passed on 1 time before)" in out
     with open_journal(url, heartbeat=False) as journal:
         assert statuses(journal, ["foreign-run", *orphaned, "live-run"]) == [
             "needs_attention",

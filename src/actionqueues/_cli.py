@@ -280,10 +280,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         type=runs.non_negative_int,
         default=workers.PASS_ON,
-        help="a run with an action type no --import module registers (a newer release's, "
-        "during a rolling deploy) is left untouched for another worker for one lease, until "
-        f"its N-th claim; the next claim marks it needs_attention (default: {workers.PASS_ON}; "
-        "0 marks it at once)",
+        help="a run whose steps this worker cannot rebuild (an action type no --import "
+        "module registers, or a state its class refuses: a newer release's, during a rolling "
+        "deploy) is left untouched for another worker for one lease, up to N times; the next "
+        f"claim marks it needs_attention (default: {workers.PASS_ON}; 0 marks it at once)",
     )
     return parser
 

@@ -39,7 +39,7 @@ from ._journal import (
 )
 from ._policy import RetryPolicy
 from ._queue import ActionQueue
-from ._registry import UnknownActionType, load_step
+from ._registry import load_step
 from ._steps import FunctionStep
 
 __all__ = ["RecoveredRun", "RecoveryReport", "recover", "retry_rollback"]
@@ -79,9 +79,9 @@ class RecoveredRun:
             (finished forward), ``needs_attention`` (a rollback still
             failed), ``unrecoverable`` (its steps could not be rebuilt; the
             run was marked ``needs_attention`` and left for a person),
-            ``passed_on`` (a step's action type is not registered in this
-            process: the run was left untouched for a recoverer that
-            registers it, see ``pass_on`` of :func:`recover`), ``lost``
+            ``passed_on`` (its steps could not be rebuilt here: the run was
+            left untouched for another recoverer, see ``pass_on`` of
+            :func:`recover`), ``lost``
             (another process took it over meanwhile), or
             ``unrecorded`` (finished, but the journal could not be written:
             it still shows the run active, and recovery takes it again once
@@ -160,13 +160,14 @@ def recover(
         should_stop: Called before each claim, and after it; return True to
             stop early (a worker's clean shutdown). A run claimed while the
             stop was asked for is released untouched, claimable at once.
-        pass_on: How many claims of a run may find one of its action types
-            unregistered in this process and leave the run untouched for
-            another recoverer (one running newer code, during a rolling
+        pass_on: How many times a run whose steps cannot be rebuilt here
+            (an action type this process does not register, or a state its
+            class refuses, as a field of a newer release) is left untouched
+            for another recoverer (one running newer code, during a rolling
             deploy), before the claim that marks it ``needs_attention``
-            (0, the default: the first claim marks it). A run passed on is
-            claimable again, by any recoverer, once the lease this claim
-            took expires; its claims are counted by ``RunInfo.recoveries``.
+            (0, the default: the first such claim marks it). A run passed on
+            is claimable again, by any recoverer, once the lease this claim
+            took expires; each pass is a ``passed_on`` event of the run.
 
     Raises:
         JournalError: the journal cannot be read or written.
@@ -402,13 +403,16 @@ def _finish(
     try:
         actions = [load_step(step.type, step.state) for step in timeline.steps]
         policies = [policies_from_json(step.policies) for step in timeline.steps]
-    except UnknownActionType as exc:
-        if run.recoveries <= pass_on:
-            return _pass_on(journal, timeline, str(exc), pass_on)
-        passed = f" (after {pass_on} claims that passed it on)" if pass_on else ""
-        return _unrecoverable(journal, timeline, f"cannot rebuild the run's steps: {exc}{passed}")
-    except Exception as exc:  # whatever the class raised: the run is marked, recovery goes on
-        return _unrecoverable(journal, timeline, f"cannot rebuild the run's steps: {exc}")
+    except Exception as exc:  # whatever the class raised: the run is kept, recovery goes on
+        # An unknown type, or a state the class refuses (a field of a newer release): a
+        # recoverer running other code may rebuild it, so it may be passed on first.
+        reason = f"cannot rebuild the run's steps: {exc}"
+        passes = sum(1 for event in timeline.events if event.kind == "passed_on")
+        if passes < pass_on:
+            return _pass_on(journal, timeline, reason, passes + 1, pass_on)
+        if passes:
+            reason += f" (passed on {passes} time{'s' if passes > 1 else ''} before)"
+        return _unrecoverable(journal, timeline, reason)
     job = _Job(
         journal, timeline, actions, policies, resume, retry, rollback_retry, sleep, listeners
     )
@@ -496,19 +500,14 @@ def _give_back(journal: Journal, run: RunInfo) -> None:
     )
 
 
-def _pass_on(journal: Journal, timeline: RunTimeline, reason: str, limit: int) -> RecoveredRun:
+def _pass_on(
+    journal: Journal, timeline: RunTimeline, reason: str, count: int, limit: int
+) -> RecoveredRun:
     """Leave a claimed run untouched for another recoverer, for one lease (no heartbeat)."""
     run = timeline.run
     message = (
-        f"{reason[:4000]}; passed on (claim {run.recoveries} of {limit}) to a recoverer that "
-        f"registers it, claimable again in {journal.lease:g} s"
-    )
-    logger.warning(
-        "run %s (%s): %s",
-        run.run_id,
-        run.name,
-        message,
-        extra={"aq_event": "run_passed_on", "aq_run": run.run_id},
+        f"{reason[:4000]}; passed on ({count} of {limit}) to a recoverer that can rebuild "
+        f"them, claimable again in {journal.lease:g} s"
     )
     try:
         # The commit renews the lease (now + lease) and nothing keeps it alive after: no
@@ -516,6 +515,13 @@ def _pass_on(journal: Journal, timeline: RunTimeline, reason: str, limit: int) -
         journal.commit(run.run_id, {}, [("event", None, "passed_on", message)])
     except LeaseLost as exc:
         return RecoveredRun(run.run_id, run.name, "lost", run.status, str(exc))
+    logger.warning(
+        "run %s (%s): %s",
+        run.run_id,
+        run.name,
+        message,
+        extra={"aq_event": "run_passed_on", "aq_run": run.run_id},
+    )
     return RecoveredRun(run.run_id, run.name, "passed_on", run.status, message)
 
 

@@ -255,6 +255,7 @@ class Worker:
         self._progress_lock = threading.Lock()
         self._busy: set[int] = set()
         self._claiming: set[int] = set()  # threads inside a claim
+        self._passed_on: set[str] = set()  # runs left for another worker: not in hand
         self._claimed = threading.Condition(self._lock)  # notified when one leaves it
         self._threads: list[threading.Thread] = []
         self._ended = 0
@@ -292,6 +293,7 @@ class Worker:
         so end the process soon after (the command line exits at once).
         Safe from any thread, and from a signal handler.
         """
+        self._stopping.set()  # first: no thread begins a claim once abort shows
         self._aborting = True
         self._request(reason)
 
@@ -424,8 +426,12 @@ class Worker:
         """Give up the lease of every active run this worker's owner holds."""
         journal = self.journal
         try:
+            with self._lock:
+                passed_on = set(self._passed_on)
             held = [
-                r.run_id for r in journal.runs(status=ACTIVE_STATUSES) if r.owner == journal.owner
+                r.run_id
+                for r in journal.runs(status=ACTIVE_STATUSES)
+                if r.owner == journal.owner and r.run_id not in passed_on
             ]
         except Exception as exc:  # the journal is unreachable: the leases expire by themselves
             self.log.error(
@@ -534,22 +540,25 @@ class Worker:
     def _claim_checks(self, number: int) -> Callable[[], bool]:
         """``should_stop`` of one recover(limit=1) call: called before its claim and after.
 
-        Between the two calls (or until recover() returns: nothing to claim, or
-        the journal failed) thread ``number`` counts as inside a claim, which
-        abort() waits for before it lists the runs in hand to release them.
+        From the first call until the second lets it recover the run it
+        claimed (or until recover() returns: nothing to claim, the run given
+        back as the worker stops, or the journal failed) thread ``number``
+        counts as inside a claim, which abort() waits for before it lists the
+        runs in hand to release them.
         """
         calls = 0
 
         def should_stop() -> bool:
             nonlocal calls
             calls += 1
+            stopping = self._stopping.is_set()
             with self._claimed:
                 if calls == 1:
                     self._claiming.add(number)
-                else:
-                    self._claiming.discard(number)
+                elif not stopping:  # on to recover the run it claimed (else it gives the
+                    self._claiming.discard(number)  # run back first: see _claim_ended)
                     self._claimed.notify_all()
-            return self._stopping.is_set()
+            return stopping
 
         return should_stop
 
@@ -565,6 +574,10 @@ class Worker:
                 self._batch_start = began
                 self._last_progress = began
                 self._last_progress_count = 0
+            if result.outcome == "passed_on":
+                self._passed_on.add(result.run_id)
+            else:
+                self._passed_on.discard(result.run_id)
             self._batch[result.outcome] += 1
             self._batch_total += 1
             self._totals[result.outcome] += 1

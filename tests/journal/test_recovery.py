@@ -624,8 +624,8 @@ def test_a_run_of_a_type_this_process_lacks_is_passed_on_to_a_recoverer_that_has
         assert not report.ok
         error = report.runs[0].error
         assert error is not None
-        assert error.startswith("unknown action type 'tests.journal.put'")
-        assert "passed on (claim 1 of 3)" in error
+        assert error.startswith("cannot rebuild the run's steps: unknown action type 'tests.")
+        assert "passed on (1 of 3) to a recoverer that can rebuild them" in error
         assert f"claimable again in {LEASE:g} s" in error
         # Held for one lease, with no heartbeat: no recoverer takes it back at once.
         assert recover(journal, pass_on=3).runs == ()
@@ -655,18 +655,18 @@ def test_a_run_passed_on_pass_on_times_is_marked_at_the_next_claim(
     """No recoverer ever registers the type: the claim after the pass_on-th marks the run."""
     run_id = "66666666-6666-4666-8666-666666666666"
     write_run(journal, run_id, [("no.such.type", "{}", "running")])
-    for claim in (1, 2):
+    for count in (1, 2):
         clock.advance(LEASE + 1)
         (result,) = recover(journal, pass_on=2).runs
         assert (result.outcome, result.status) == ("passed_on", "running")
         assert result.error is not None
-        assert f"(claim {claim} of 2)" in result.error
+        assert f"passed on ({count} of 2)" in result.error
     clock.advance(LEASE + 1)
     (result,) = recover(journal, pass_on=2).runs
     assert (result.outcome, result.status) == ("unrecoverable", "needs_attention")
     assert result.error is not None
     assert result.error.startswith("cannot rebuild the run's steps: unknown action type")
-    assert result.error.endswith("(after 2 claims that passed it on)")
+    assert result.error.endswith("(passed on 2 times before)")
     timeline = journal.timeline(run_id)
     assert (timeline.run.status, timeline.run.recoveries) == ("needs_attention", 3)
     assert [k for _, k in event_kinds(journal, run_id)] == [
@@ -699,15 +699,48 @@ def test_a_run_taken_over_while_it_is_passed_on_is_lost(
     assert run_id in result.error
 
 
-def test_a_type_the_class_refuses_to_rebuild_is_never_passed_on(
+@pytest.mark.parametrize(
+    ("state", "cause"),
+    [
+        ({"key": "x", "region": "eu"}, "unexpected"),  # a field of a newer release
+        ({"key": "runtime"}, "configuration for 'runtime' is missing"),  # the class raises
+    ],
+)
+def test_a_state_the_class_refuses_is_passed_on_too(
+    journal: Journal, clock: FakeClock, state: dict[str, str], cause: str
+) -> None:
+    """A state the registered class refuses may be a newer release's: it is passed on too."""
+    run_id = "77777777-7777-4777-8777-777777777777"
+    kind = "tests.journal.put" if "region" in state else "tests.journal.picky"
+    write_run(journal, run_id, [(kind, json.dumps(state), "running")])
+    clock.advance(LEASE + 1)
+    (result,) = recover(journal, pass_on=1).runs
+    assert (result.outcome, result.status) == ("passed_on", "running")
+    assert result.error is not None
+    assert cause in result.error
+    clock.advance(LEASE + 1)
+    (result,) = recover(journal, pass_on=1).runs
+    assert (result.outcome, result.status) == ("unrecoverable", "needs_attention")
+    assert result.error is not None
+    assert result.error.endswith("(passed on 1 time before)")
+    assert WORLD.calls == []
+
+
+def test_only_passes_count_against_pass_on_not_other_claims(
     journal: Journal, clock: FakeClock
 ) -> None:
-    """pass_on is for a type this process lacks, not for a registered class that raises."""
-    run_id = "77777777-7777-4777-8777-777777777777"
-    write_run(journal, run_id, [("tests.journal.picky", json.dumps({"key": "runtime"}), "running")])
+    """Claims that ended otherwise (given back as a worker stopped, released) spend no pass."""
+    run_id = "99999999-9999-4999-8999-999999999999"
+    write_run(journal, run_id, [("no.such.type", "{}", "running")])
     clock.advance(LEASE + 1)
-    (result,) = recover(journal, pass_on=5).runs
-    assert (result.outcome, result.status) == ("unrecoverable", "needs_attention")
+    for _ in range(3):
+        assert journal.claim(run_id) is not None
+        journal.release(run_id)
+    assert journal.timeline(run_id).run.recoveries == 3
+    (result,) = recover(journal, pass_on=1).runs
+    assert result.outcome == "passed_on"
+    assert result.error is not None
+    assert "passed on (1 of 1)" in result.error
 
 
 @pytest.mark.parametrize(
