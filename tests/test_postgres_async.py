@@ -29,7 +29,7 @@ from actionqueues import (
     recover,
     register_action,
 )
-from actionqueues._postgres import PostgresJournal, _AsyncConnections
+from actionqueues._postgres import _MAX_IDLE, PostgresJournal, _AsyncConnections
 from actionqueues._recovery import shared_event_loop
 from actionqueues.testing import FakeClock, inject_faults
 
@@ -530,6 +530,33 @@ def test_the_loops_connections_are_lent_reused_and_closed() -> None:
         with pytest.raises(JournalError, match="is closed"):
             async with pool.connection():
                 pass
+        assert all(conn.closed for conn in made)
+
+    asyncio.run(main())
+
+
+def test_a_connection_idle_too_long_is_closed_not_lent() -> None:
+    """A worker thread's loop lives for days: a connection idle for max_idle is replaced."""
+    made: list[Any] = []
+    clock = FakeClock(1000.0)
+
+    async def connect() -> Any:
+        conn = await psycopg.AsyncConnection.connect(_pgtest.URL, autocommit=True)
+        made.append(conn)
+        return conn
+
+    async def main() -> None:
+        pool = _AsyncConnections(connect, 2, "postgresql://example", clock=clock)
+        async with pool.connection() as first:
+            pass
+        clock.advance(_MAX_IDLE - 1)
+        async with pool.connection() as again:
+            assert again is first
+        clock.advance(_MAX_IDLE)
+        async with pool.connection() as fresh:
+            assert fresh is not first
+        assert first.closed
+        await pool.close()
         assert all(conn.closed for conn in made)
 
     asyncio.run(main())

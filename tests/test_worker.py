@@ -1193,3 +1193,15 @@ def test_a_second_sigterm_releases_the_run_in_hand_and_exits_3(
     assert {r.outcome for r in report.runs} == {"rolled_back"}
     assert held in {r.run_id for r in report.runs}
     assert ledger_rollbacks(file_ledger)[key] == (1, 0, 2)  # undone twice, harmlessly
+
+
+def test_nested_shared_event_loops_restore_the_outer_one() -> None:
+    """A shared loop inside another serves until its block ends; then the outer one again."""
+    from actionqueues import _recovery
+
+    with _recovery.shared_event_loop():
+        outer = _recovery._SHARED.loops
+        with _recovery.shared_event_loop():
+            assert _recovery._SHARED.loops is not outer
+        assert _recovery._SHARED.loops is outer
+    assert _recovery._SHARED.loops is None

@@ -15,13 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import json
 import logging
 import sys
-import types
 import uuid
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,59 +247,23 @@ class RunRecorder:
             self._flush()
             return
         ops, run = self._take()
+        write = asyncio.ensure_future(self._awrite(ops, run))
         try:
-            await self._shielded(self._awrite(ops, run))
-        except BaseException as exc:
-            self._not_written(exc, ops, run)
-            raise
-        self.committed.update(run)
-
-    async def _shielded(self, write: Coroutine[Any, Any, None]) -> None:
-        """Run ``write`` to its end in this task, letting no cancellation into it.
-
-        What ``asyncio.shield()`` of a task running ``write`` would do, without
-        the task (and the two turns of the loop it costs): this drives the
-        coroutine itself, waiting on each future it awaits through a waiter of
-        its own, which a cancellation of this task cancels instead of that
-        future. A cancellation is noted in :attr:`cancelled` (the write then
-        decides what was written, and :meth:`_adrive` raises it after the hook).
-        """
-        loop = asyncio.get_running_loop()
-        value: Any = None
-        error: BaseException | None = None
-        try:
-            while True:
+            while not write.done():
                 try:
-                    awaited = write.send(value) if error is None else write.throw(error)
-                except StopIteration:
-                    return
-                value = error = None
-                if awaited is None:  # a bare yield (asyncio.sleep(0)): one turn of the loop
-                    try:
-                        await _one_turn()
-                    except asyncio.CancelledError:
-                        self.cancelled = True
-                    continue
-                if not getattr(awaited, "_asyncio_future_blocking", False):
-                    error = RuntimeError(f"a journal write awaited {awaited!r}, not a future")
-                    continue
-                awaited._asyncio_future_blocking = False
-                while not awaited.done():
-                    waiter = loop.create_future()
-                    awaited.add_done_callback(functools.partial(_wake, waiter))
-                    try:
-                        await waiter
-                    except asyncio.CancelledError:
-                        self.cancelled = True  # ours: the write goes on
-                if awaited.cancelled():
-                    error = asyncio.CancelledError()
-                else:
-                    error = awaited.exception()
-                    if error is None:
-                        value = awaited.result()
+                    await asyncio.wait((write,))  # never cancels the write, never raises its error
+                except asyncio.CancelledError:
+                    # Ours (the write may even be done by now): the write decides what
+                    # was written, and the cancellation is raised after the hook.
+                    self.cancelled = True
+            try:
+                write.result()
+            except BaseException as exc:
+                self._not_written(exc, ops, run)
+                raise
         finally:
-            write.close()  # only ends it early on an error of our own (KeyboardInterrupt)
-            del error, value  # a traceback here would hold this frame
+            del write  # the task holds the error, whose traceback holds this frame
+        self.committed.update(run)
 
     def _take(self) -> tuple[list[Op], dict[str, Any]]:
         ops, self.ops = self.ops, []
@@ -723,17 +685,6 @@ class RunRecorder:
             self.write_failed = True
             _log_write_failure(self, exc, what)
         return False
-
-
-@types.coroutine
-def _one_turn() -> Generator[None, None, None]:
-    """Let the event loop run once (what ``asyncio.sleep(0)`` yields)."""
-    yield
-
-
-def _wake(waiter: asyncio.Future[None], awaited: object) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 def _writes_block(journal: Journal) -> bool:

@@ -19,6 +19,7 @@ import math
 import re
 import select
 import threading
+import time
 import urllib.parse
 import uuid
 import weakref
@@ -65,6 +66,9 @@ _TUPLES_OK = 2  # psycopg.pq.ExecStatus.TUPLES_OK: a statement's rows
 _COMMAND_OK = 1  # psycopg.pq.ExecStatus.COMMAND_OK: a statement without rows (PREPARE, UPDATE)
 _READABLE, _WRITABLE = 0, 1  # what a statement waits for on its socket
 _BACK_TO_POOL = 1000  # every so many statements, the spare connection goes back to the pool
+#: An async connection idle this long (seconds) is closed, not lent (psycopg_pool's max_idle):
+#: a worker thread's event loop lives for days, and firewalls drop idle connections silently.
+_MAX_IDLE = 600.0
 _HAS_POLL = hasattr(select, "poll")
 #: A new step's columns that are not NULL, when the create does not give them.
 _STEP_DEFAULTS = {"status": "'pending'", "attempts": "0", "rollback_attempts": "0"}
@@ -215,9 +219,16 @@ class _AsyncConnections:
     lent for one statement; one that failed, or is not idle, is closed.
     """
 
-    def __init__(self, connect: Callable[[], Awaitable[Any]], size: int, url: str) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[Any]],
+        size: int,
+        url: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._connect = connect
-        self._idle: list[Any] = []
+        self._clock = clock
+        self._idle: list[tuple[Any, float]] = []  # (connection, idle since: clock())
         self._slots = asyncio.Semaphore(size)
         self._url = url
         self.closed = False
@@ -228,7 +239,15 @@ class _AsyncConnections:
         async with self._slots:
             if self.closed:
                 raise JournalError(f"the journal {self._url} is closed", self._url)
-            conn = self._idle.pop() if self._idle else await self._connect()
+            conn = None
+            while self._idle:
+                conn, since = self._idle.pop()
+                if self._clock() - since < _MAX_IDLE:
+                    break
+                await _discard(conn)  # idle too long: a firewall may have dropped it
+                conn = None
+            if conn is None:
+                conn = await self._connect()
             try:
                 yield conn
             except BaseException:
@@ -237,7 +256,7 @@ class _AsyncConnections:
             if self.closed or conn.closed or conn.info.transaction_status != _IDLE:
                 await _discard(conn)
             else:
-                self._idle.append(conn)
+                self._idle.append((conn, self._clock()))
 
     async def check(self) -> None:
         """Close the idle connections: after one was lost, the others may be dead too."""
@@ -250,7 +269,7 @@ class _AsyncConnections:
 
     async def _close_idle(self) -> None:
         idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             await _discard(conn)
 
 

@@ -258,10 +258,11 @@ class _EventLoop:
     One loop serves every async run of a :func:`recover` call (of a worker
     thread, under :func:`shared_event_loop`), so that the journal's async
     connections opened for it serve them all, instead of a loop and new
-    connections per run. Each run still ends as under ``asyncio.run()``: the
-    tasks it left behind are cancelled, it runs in a fresh copy of the
-    thread's context, and (3.11+, in the main thread) a Ctrl-C cancels it
-    before it is raised.
+    connections per run. Each run gets what matters of ``asyncio.run()``: the
+    tasks it left behind are cancelled when it ends, it runs in a fresh copy
+    of the thread's context, and (3.11+, in the main thread) a Ctrl-C cancels
+    it before it is raised. Other leftovers of a run (a timer it scheduled,
+    a handler it set on the loop) stay with the loop until it closes.
     """
 
     def __init__(self) -> None:
@@ -353,11 +354,12 @@ def shared_event_loop() -> Iterator[None]:
     is closed on the way out.
     """
     loops = _EventLoop()
+    outer = getattr(_SHARED, "loops", None)
     _SHARED.loops = loops
     try:
         yield
     finally:
-        _SHARED.loops = None
+        _SHARED.loops = outer
         loops.close()
 
 

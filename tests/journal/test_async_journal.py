@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import json
 import logging
+import sys
 import types
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ from actionqueues import (
     register_action,
     retry_rollback,
 )
-from actionqueues._durable import RunRecorder
 from actionqueues.testing import FakeClock, RecordingSleep, inject_faults
 
 from .conftest import LEASE, OpenOther
@@ -430,40 +430,69 @@ def test_an_async_step_function_in_flight_at_the_crash_needs_attention(
     assert WORLD.undone == []
 
 
-def test_an_async_write_is_shielded_only_if_the_journal_awaits(
+def test_an_async_write_gets_a_shielding_task_only_if_the_journal_awaits(
     journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A journal whose async writes are its blocking ones (SQLite) writes inline: nothing can
-    cancel such a write midway. One that awaits (PostgreSQL) has each write shielded from
-    cancellation, with no task: here 4 (the create, 2 step commits, the outcome)."""
+    cancel such a write midway. One that awaits (PostgreSQL) gets a task shielding each write
+    from cancellation: here 4 (the create, 2 step commits, the outcome)."""
     shielded: list[object] = []
-    tasks: list[object] = []
-    shield = RunRecorder._shielded
-    create_task = asyncio.BaseEventLoop.create_task
+    ensure_future = asyncio.ensure_future
 
-    async def counting(recorder: RunRecorder, write: Any) -> None:
-        shielded.append(write)
-        await shield(recorder, write)
+    def counting(coroutine: Any) -> Any:
+        shielded.append(coroutine)
+        return ensure_future(coroutine)
 
-    def counting_tasks(loop: Any, coroutine: Any, **kwargs: Any) -> Any:
-        tasks.append(coroutine)
-        return create_task(loop, coroutine, **kwargs)
+    monkeypatch.setattr(asyncio, "ensure_future", counting)
 
-    monkeypatch.setattr(RunRecorder, "_shielded", counting)
-    monkeypatch.setattr(asyncio.BaseEventLoop, "create_task", counting_tasks)
-
-    async def main() -> int:
-        before = len(tasks)
+    async def main() -> None:
         q = AsyncActionQueue(journal=journal)
         for key in "abc":
             q.add(AsyncPut(key))
         await q.execute()
-        return len(tasks) - before
 
-    assert asyncio.run(main()) == 0  # no task per write
+    asyncio.run(main())
     awaits = type(journal).acommit is not Journal.acommit
     assert len(shielded) == (4 if awaits else 0)
     assert WORLD.ledger == {"a": 1, "b": 1, "c": 1}
+
+
+def test_a_write_runs_in_a_task_of_its_own_so_its_own_timeout_stays_its_own(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal write that times out by itself (its own timeout cancels the current task,
+    as asyncio.timeout() does) fails with its TimeoutError; the queue's task is never
+    cancelled by it, and the failed write is not taken for a cancellation of the run."""
+    calls: list[str] = []
+
+    async def timing_out_acommit(*args: Any, **kwargs: Any) -> None:
+        calls.append("write")
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        reply = loop.create_future()
+        loop.call_soon(task.cancel)  # the write's own deadline
+        try:
+            await reply
+        except asyncio.CancelledError:
+            raise TimeoutError("the write's own deadline passed") from None
+
+    monkeypatch.setattr(journal, "acommit", timing_out_acommit)
+
+    async def main() -> None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(AsyncPut("a"))
+        q.add(AsyncPut("b"))
+        with pytest.raises(TimeoutError, match="own deadline"):
+            await q.execute()
+        task = asyncio.current_task()
+        assert task is not None
+        if sys.version_info >= (3, 11):
+            assert task.cancelling() == 0
+
+    asyncio.run(main())
+    assert calls[0] == "write"
+    assert WORLD.keys_called("execute") == ["a"]
 
 
 @types.coroutine
@@ -580,7 +609,7 @@ def test_a_write_that_awaits_something_not_a_future_gets_a_clear_error(
         q.add(AsyncPut("b"))
         await q.execute()
 
-    with pytest.raises(RuntimeError, match="a journal write awaited 42, not a future"):
+    with pytest.raises(RuntimeError, match="bad yield: 42"):
         asyncio.run(main())
 
 
