@@ -128,6 +128,21 @@ def in_background(target: Worker) -> tuple[threading.Thread, list[WorkerSummary]
     return thread, done
 
 
+def aborted_while_rolling_back(
+    journal: Journal, ledger: MemoryLedger
+) -> tuple[Worker, threading.Thread, list[WorkerSummary], Gate, str]:
+    """A worker aborted while its thread is held inside a rollback (by the gate); run() has
+    returned. Returns the worker, the thread of run(), its summary, the gate and the run."""
+    gate = Gate()
+    ledger.on_rollback = gate
+    running = worker(journal, Waits())
+    thread, done = in_background(running)
+    held = gate.held_run()
+    running.abort("test")
+    thread.join(PROCESS_TIMEOUT)
+    return running, thread, done, gate, held
+
+
 class Gate:
     """Holds the first rollback call in its worker thread until the test opens the gate."""
 
@@ -240,13 +255,7 @@ def test_abort_releases_the_run_in_hand_so_another_worker_claims_it_at_once(
 ) -> None:
     """abort() gives the run in hand back (no lease): another owner claims it; ours is fenced."""
     make_orphans(url, 3)
-    gate = Gate()
-    ledger.on_rollback = gate
-    running = worker(journal, Waits())
-    thread, done = in_background(running)
-    held = gate.held_run()
-    running.abort("test")
-    thread.join(PROCESS_TIMEOUT)
+    running, thread, done, gate, held = aborted_while_rolling_back(journal, ledger)
     assert not thread.is_alive()  # run() returned without waiting for the held rollback
     assert done[0].aborted
     assert done[0].released == (held,)
@@ -386,13 +395,7 @@ def test_abort_does_not_release_the_runs_the_worker_passed_on(
             [("step", 0, {"status": "running", "attempts": 1, "started_at": START - 60})],
         )
     make_orphans(url, 1)
-    gate = Gate()
-    ledger.on_rollback = gate
-    running = worker(journal, Waits())
-    thread, done = in_background(running)
-    held = gate.held_run()
-    running.abort("test")
-    thread.join(PROCESS_TIMEOUT)
+    running, _thread, done, gate, held = aborted_while_rolling_back(journal, ledger)
     assert done[0].aborted
     assert done[0].released == (held,)
     run = journal.timeline(newer).run

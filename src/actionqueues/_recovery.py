@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from ._async import AsyncActionQueue
 from ._durable import RunRecorder, policies_from_json
@@ -57,15 +57,7 @@ Outcome = Literal[
     "unrecorded",
 ]
 #: Every outcome, in the order summaries list them.
-OUTCOMES: tuple[Outcome, ...] = (
-    "rolled_back",
-    "resumed",
-    "needs_attention",
-    "unrecoverable",
-    "passed_on",
-    "lost",
-    "unrecorded",
-)
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,19 +124,7 @@ def test_a_cancellation_that_arrives_as_a_commit_lands_leaves_the_journal_consis
 
     monkeypatch.setattr(journal, "acommit", cancelling_acommit)
 
-    async def main() -> str | None:
-        q = AsyncActionQueue(journal=journal)
-        q.add(AsyncPut("a"))
-        q.add(AsyncPut("b"))
-        task = asyncio.get_running_loop().create_task(q.execute())
-        target.append(task)
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert (await q.rollback()).ok
-        return q.run_id
-
-    run_id = asyncio.run(main())
-    assert run_id is not None
+    run_id = _cancelled_then_rolled_back(journal, target)
     assert WORLD.keys_called("execute") == ["a"]
     assert WORLD.keys_called("rollback") == ["b", "a"]  # b: recorded as started
     assert journal.timeline(run_id).run.status == "rolled_back"
@@ -527,19 +515,7 @@ def test_cancellations_at_every_await_of_a_write_wait_for_it_then_one_is_raised(
 
     monkeypatch.setattr(journal, "acommit", interrupted_acommit)
 
-    async def main() -> str | None:
-        q = AsyncActionQueue(journal=journal)
-        q.add(AsyncPut("a"))
-        q.add(AsyncPut("b"))
-        task = asyncio.get_running_loop().create_task(q.execute())
-        target.append(task)
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert (await q.rollback()).ok
-        return q.run_id
-
-    run_id = asyncio.run(main())
-    assert run_id is not None
+    run_id = _cancelled_then_rolled_back(journal, target)
     assert writes[:3] == ["after the bare yield", "after the future", "landed"]
     assert WORLD.keys_called("execute") == ["a"]
     assert WORLD.keys_called("rollback") == ["b", "a"]  # b's start landed
@@ -680,3 +656,23 @@ def test_each_recovered_async_run_ends_as_under_asyncio_run(
     assert {str(r.exc_info[1]) for r in handled if r.exc_info} == {
         f"{k}'s task failed as it was cancelled" for k in "xy"
     }
+
+
+def _cancelled_then_rolled_back(journal: Journal, target: list[asyncio.Task[None]]) -> str:
+    """Run AsyncPut a, b in a task (put in ``target``, for the test's journal to cancel):
+    it must end cancelled; then roll it back. Returns the run's id."""
+
+    async def main() -> str | None:
+        q = AsyncActionQueue(journal=journal)
+        q.add(AsyncPut("a"))
+        q.add(AsyncPut("b"))
+        task = asyncio.get_running_loop().create_task(q.execute())
+        target.append(task)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await q.rollback()).ok
+        return q.run_id
+
+    run_id = asyncio.run(main())
+    assert run_id is not None
+    return run_id
