@@ -6,6 +6,8 @@ import asyncio
 import contextvars
 import json
 import logging
+import os
+import signal
 import sys
 import types
 from collections.abc import Generator
@@ -676,3 +678,60 @@ def _cancelled_then_rolled_back(journal: Journal, target: list[asyncio.Task[None
     run_id = asyncio.run(main())
     assert run_id is not None
     return run_id
+
+
+_INTERRUPTS: list[str] = []
+
+
+@register_action("tests.journal.interrupter")
+@dataclass
+class Interrupter(AsyncAction):
+    """Its first rollback is interrupted by a real SIGINT (the operator's Ctrl-C)."""
+
+    async def execute(self) -> None:
+        pass
+
+    async def rollback(self) -> None:
+        WORLD.call("rollback", "interrupter")
+        if not _INTERRUPTS:
+            _INTERRUPTS.append("sent")
+            os.kill(os.getpid(), signal.SIGINT)
+            reply = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(reply.set_result, None)
+            await reply  # the signal lands here, or before
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
+def test_ctrl_c_in_a_recovered_async_run_stops_recovery_and_releases_the_run(
+    journal: Journal, clock: FakeClock
+) -> None:
+    """A real SIGINT while recovery's loop runs an async run's rollback: recover() raises
+    KeyboardInterrupt. On 3.11+ the run's task is cancelled first (asyncio.run()'s Ctrl-C):
+    its rollbacks are finished and recorded; on 3.10 the run is released unfinished."""
+    _INTERRUPTS.clear()
+    run_id = "abcdefab-0000-4000-8000-000000000000"
+    write_run(
+        journal,
+        run_id,
+        [
+            ("tests.journal.async_put", json.dumps({"key": "a"}), "succeeded"),
+            ("tests.journal.interrupter", "{}", "running"),
+        ],
+        kind="async",
+    )
+    clock.advance(LEASE + 1)
+    with pytest.raises(KeyboardInterrupt):
+        recover(journal)
+    assert _INTERRUPTS == ["sent"]
+    run = journal.timeline(run_id).run
+    if sys.version_info >= (3, 11):
+        # As in any async rollback that is cancelled: every rollback is finished first
+        # (and recorded), then the interrupt ends recovery; nothing is left half done.
+        assert (run.status, run.owner) == ("rolled_back", None)
+        assert WORLD.keys_called("rollback") == ["interrupter", "a"]
+        assert recover(journal).runs == ()
+    else:  # asyncio.run() of 3.10 raises it where it lands: the run is released, unfinished
+        assert (run.status, run.owner) == ("rolling_back", None)
+        (result,) = recover(journal).runs  # at once: no lease to wait out
+        assert (result.outcome, result.status) == ("rolled_back", "rolled_back")
+        assert WORLD.keys_called("rollback")[-2:] == ["interrupter", "a"]
