@@ -6,6 +6,7 @@ PostgreSQL too. These tests need the server of ``tests/_pgtest.py``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -915,3 +916,57 @@ def test_a_server_that_refuses_the_connection_says_why(url: str) -> None:
     bad = urllib.parse.urlunsplit(parts._replace(path="/no_such_database_aq"))
     with pytest.raises(JournalError, match='database "no_such_database_aq" does not exist'):
         open_journal(bad, heartbeat=False, connect_timeout=2)
+
+
+def _tcp_settings(conn: Any) -> dict[str, str]:
+    return {
+        k: v
+        for k, v in conn.info.get_parameters().items()
+        if k.startswith("keepalives") or k == "tcp_user_timeout"
+    }
+
+
+def test_connections_notice_a_vanished_server_within_a_minute_unless_the_url_says_otherwise(
+    url: str,
+) -> None:
+    """TCP keepalives and a user timeout on every connection, sync and async; the URL's own
+    libpq settings win."""
+    expected = {
+        "keepalives": "1",
+        "keepalives_idle": "30",
+        "keepalives_interval": "10",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "60000",
+    }
+    for query, want in (
+        ("", expected),
+        (
+            "&keepalives_idle=5&tcp_user_timeout=1500",
+            {**expected, "keepalives_idle": "5", "tcp_user_timeout": "1500"},
+        ),
+    ):
+        with open_journal(url + query, heartbeat=False) as journal:
+            pg: Any = journal
+            with pg._pool.connection() as conn:
+                assert _tcp_settings(conn) == want
+
+            assert asyncio.run(_async_tcp_settings(pg)) == want
+
+
+async def _async_tcp_settings(pg: Any) -> dict[str, str]:
+    async with (await pg._apool()).connection() as conn:
+        return _tcp_settings(conn)
+
+
+def test_tcp_user_timeout_is_left_out_for_a_libpq_older_than_12(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from actionqueues._postgres import _tcp_defaults
+
+    monkeypatch.setattr(psycopg.pq, "version", lambda: 110005)
+    assert _tcp_defaults(psycopg, "postgresql://u@h/db?keepalives=0") == {
+        "keepalives_idle": "30",
+        "keepalives_interval": "10",
+        "keepalives_count": "3",
+    }
+    assert "keepalives" in _tcp_defaults(psycopg, "not a = valid 'conninfo")  # told later

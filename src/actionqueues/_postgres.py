@@ -69,9 +69,32 @@ _BACK_TO_POOL = 1000  # every so many statements, the spare connection goes back
 #: An async connection idle this long (seconds) is closed, not lent (psycopg_pool's max_idle):
 #: a worker thread's event loop lives for days, and firewalls drop idle connections silently.
 _MAX_IDLE = 600.0
+#: The TCP settings of the journal's connections, where the URL does not set them: a server
+#: that vanished (a failover, a firewall forgetting the connection) is noticed within about a
+#: minute, where the system's defaults wait two hours; then it is handled as any lost
+#: connection. tcp_user_timeout needs libpq 12.
+_TCP_DEFAULTS = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+_TCP_USER_TIMEOUT = ("tcp_user_timeout", "60000")  # ms a sent packet may stay unacknowledged
 _HAS_POLL = hasattr(select, "poll")
 #: A new step's columns that are not NULL, when the create does not give them.
 _STEP_DEFAULTS = {"status": "'pending'", "attempts": "0", "rollback_attempts": "0"}
+
+
+def _tcp_defaults(psycopg: Any, url: str) -> dict[str, str]:
+    """The TCP settings (``_TCP_DEFAULTS``) that ``url`` leaves to us, as libpq options."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:  # a malformed URL: connecting says what is wrong with it
+        given = {}
+    defaults = dict(_TCP_DEFAULTS)
+    if psycopg.pq.version() >= 120000:
+        defaults[_TCP_USER_TIMEOUT[0]] = _TCP_USER_TIMEOUT[1]
+    return {key: value for key, value in defaults.items() if key not in given}
 
 
 def _import_psycopg() -> tuple[Any, Any]:
@@ -360,6 +383,7 @@ class PostgresJournal(SQLJournal):
             "options": f"-c search_path={schema}",
             "application_name": f"actionqueues {self.owner}"[:63],
         }
+        self._connection_options.update(_tcp_defaults(psycopg, url))
         # AsyncActionQueue's connections: a small pool per event loop (an
         # async connection belongs to the loop that opened it), made on first use.
         self._apools: dict[asyncio.AbstractEventLoop, _AsyncConnections] = {}
