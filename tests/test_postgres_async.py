@@ -556,6 +556,18 @@ def test_a_connection_idle_too_long_is_closed_not_lent() -> None:
         async with pool.connection() as fresh:
             assert fresh is not first
         assert first.closed
+        # After a burst of two, the one left idle longest is closed at a later lending,
+        # even though the newest (lent) one is fresh: the pool shrinks back.
+        async with pool.connection() as one, pool.connection() as two:
+            assert one is fresh
+        clock.advance(_MAX_IDLE / 2)
+        async with pool.connection() as again:  # the newest idle one (back last): one
+            assert again is one
+        clock.advance(_MAX_IDLE / 2)
+        async with pool.connection() as last:
+            assert last is one
+        assert two.closed  # idle since the burst
+        assert not one.closed
         await pool.close()
         assert all(conn.closed for conn in made)
 

@@ -926,30 +926,22 @@ def _tcp_settings(conn: Any) -> dict[str, str]:
     }
 
 
-def test_connections_notice_a_vanished_server_within_a_minute_unless_the_url_says_otherwise(
-    url: str,
-) -> None:
-    """TCP keepalives and a user timeout on every connection, sync and async; the URL's own
-    libpq settings win."""
+def test_connections_notice_a_vanished_server_within_a_third_of_the_lease(url: str) -> None:
+    """TCP keepalives and a user timeout on every connection, sync and async, from the lease;
+    the URL's own libpq settings win."""
     expected = {
         "keepalives": "1",
-        "keepalives_idle": "30",
-        "keepalives_interval": "10",
+        "keepalives_idle": "10",
+        "keepalives_interval": "3",
         "keepalives_count": "3",
-        "tcp_user_timeout": "60000",
+        "tcp_user_timeout": "10000",
     }
-    for query, want in (
-        ("", expected),
-        (
-            "&keepalives_idle=5&tcp_user_timeout=1500",
-            {**expected, "keepalives_idle": "5", "tcp_user_timeout": "1500"},
-        ),
-    ):
-        with open_journal(url + query, heartbeat=False) as journal:
+    overridden = {**expected, "keepalives_idle": "5", "tcp_user_timeout": "1500"}
+    for query, want in (("", expected), ("&keepalives_idle=5&tcp_user_timeout=1500", overridden)):
+        with open_journal(url + query, heartbeat=False, lease=30) as journal:
             pg: Any = journal
             with pg._pool.connection() as conn:
                 assert _tcp_settings(conn) == want
-
             assert asyncio.run(_async_tcp_settings(pg)) == want
 
 
@@ -958,15 +950,27 @@ async def _async_tcp_settings(pg: Any) -> dict[str, str]:
         return _tcp_settings(conn)
 
 
-def test_tcp_user_timeout_is_left_out_for_a_libpq_older_than_12(
+def test_tcp_settings_follow_the_lease_and_leave_service_files_and_old_libpq_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from actionqueues._postgres import _tcp_defaults
 
+    assert _tcp_defaults(psycopg, "postgresql://u@h/db", 120) == {
+        "keepalives": "1",
+        "keepalives_idle": "40",
+        "keepalives_interval": "12",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "40000",
+    }
+    assert _tcp_defaults(psycopg, "postgresql://u@h/db", 1)["keepalives_idle"] == "1"
+    assert _tcp_defaults(psycopg, "postgresql://u@h/db?service=prod", 30) == {}
+    assert "keepalives" in _tcp_defaults(psycopg, "not a = valid 'conninfo", 30)  # told later
+    monkeypatch.setenv("PGSERVICE", "prod")
+    assert _tcp_defaults(psycopg, "postgresql://u@h/db", 30) == {}
+    monkeypatch.delenv("PGSERVICE")
     monkeypatch.setattr(psycopg.pq, "version", lambda: 110005)
-    assert _tcp_defaults(psycopg, "postgresql://u@h/db?keepalives=0") == {
-        "keepalives_idle": "30",
-        "keepalives_interval": "10",
+    assert _tcp_defaults(psycopg, "postgresql://u@h/db?keepalives=0", 30) == {
+        "keepalives_idle": "10",
+        "keepalives_interval": "3",
         "keepalives_count": "3",
     }
-    assert "keepalives" in _tcp_defaults(psycopg, "not a = valid 'conninfo")  # told later

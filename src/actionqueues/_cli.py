@@ -272,8 +272,8 @@ def _parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="start even when some abandoned runs use action types no imported module "
-        "registers (those runs are passed on, see --pass-on; by default the worker refuses "
-        "to start)",
+        "registers (those runs are passed on up to --pass-on times, then marked "
+        "needs_attention; by default the worker refuses to start)",
     )
     worker.add_argument(
         "--pass-on",

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import re
 import select
 import threading
@@ -69,31 +70,39 @@ _BACK_TO_POOL = 1000  # every so many statements, the spare connection goes back
 #: An async connection idle this long (seconds) is closed, not lent (psycopg_pool's max_idle):
 #: a worker thread's event loop lives for days, and firewalls drop idle connections silently.
 _MAX_IDLE = 600.0
-#: The TCP settings of the journal's connections, where the URL does not set them: a server
-#: that vanished (a failover, a firewall forgetting the connection) is noticed within about a
-#: minute, where the system's defaults wait two hours; then it is handled as any lost
-#: connection. tcp_user_timeout needs libpq 12.
-_TCP_DEFAULTS = {
-    "keepalives": "1",
-    "keepalives_idle": "30",
-    "keepalives_interval": "10",
-    "keepalives_count": "3",
-}
-_TCP_USER_TIMEOUT = ("tcp_user_timeout", "60000")  # ms a sent packet may stay unacknowledged
 _HAS_POLL = hasattr(select, "poll")
 #: A new step's columns that are not NULL, when the create does not give them.
 _STEP_DEFAULTS = {"status": "'pending'", "attempts": "0", "rollback_attempts": "0"}
 
 
-def _tcp_defaults(psycopg: Any, url: str) -> dict[str, str]:
-    """The TCP settings (``_TCP_DEFAULTS``) that ``url`` leaves to us, as libpq options."""
+def _tcp_defaults(psycopg: Any, url: str, lease: float) -> dict[str, str]:
+    """TCP settings that notice a vanished server well within ``lease`` seconds.
+
+    A failover, or a firewall that forgot the connection, leaves a statement
+    waiting for the system's keepalive (two hours). Here a silent server is
+    given up after about a third of the lease (keepalive probes after
+    ``lease/3`` s of silence, 3 more at ``lease/10`` s; a sent packet left
+    unacknowledged ``lease/3`` s, libpq 12+), so a commit sent again on a new
+    connection still renews the lease in time, and the heartbeat's renewal
+    (every third of the lease) fails before the lease is over. A setting the URL
+    gives wins; with a service file (``service=``, or ``PGSERVICE``) none is set,
+    so that the file's own settings are not overridden.
+    """
     try:
         given = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error:  # a malformed URL: connecting says what is wrong with it
         given = {}
-    defaults = dict(_TCP_DEFAULTS)
+    if "service" in given or os.environ.get("PGSERVICE"):
+        return {}
+    third = max(1, round(lease / 3))
+    defaults = {
+        "keepalives": "1",
+        "keepalives_idle": str(third),
+        "keepalives_interval": str(max(1, round(lease / 10))),
+        "keepalives_count": "3",
+    }
     if psycopg.pq.version() >= 120000:
-        defaults[_TCP_USER_TIMEOUT[0]] = _TCP_USER_TIMEOUT[1]
+        defaults["tcp_user_timeout"] = str(third * 1000)  # ms
     return {key: value for key, value in defaults.items() if key not in given}
 
 
@@ -262,15 +271,12 @@ class _AsyncConnections:
         async with self._slots:
             if self.closed:
                 raise JournalError(f"the journal {self._url} is closed", self._url)
-            conn = None
-            while self._idle:
-                conn, since = self._idle.pop()
-                if self._clock() - since < _MAX_IDLE:
-                    break
-                await _discard(conn)  # idle too long: a firewall may have dropped it
-                conn = None
-            if conn is None:
-                conn = await self._connect()
+            # The oldest first: those idle too long are closed (a firewall may have
+            # dropped them), so the pool shrinks back after a burst; then the newest is lent.
+            now = self._clock()
+            while self._idle and now - self._idle[0][1] >= _MAX_IDLE:
+                await _discard(self._idle.pop(0)[0])
+            conn = self._idle.pop()[0] if self._idle else await self._connect()
             try:
                 yield conn
             except BaseException:
@@ -383,7 +389,7 @@ class PostgresJournal(SQLJournal):
             "options": f"-c search_path={schema}",
             "application_name": f"actionqueues {self.owner}"[:63],
         }
-        self._connection_options.update(_tcp_defaults(psycopg, url))
+        self._connection_options.update(_tcp_defaults(psycopg, url, self.lease))
         # AsyncActionQueue's connections: a small pool per event loop (an
         # async connection belongs to the loop that opened it), made on first use.
         self._apools: dict[asyncio.AbstractEventLoop, _AsyncConnections] = {}

@@ -191,10 +191,11 @@ class Worker:
         progress_runs: If given, a progress line every this many runs
             instead of every ``progress_every`` seconds.
         log: The logger of the worker's own records (default ``actionqueues.worker``).
-        pass_on: Passed to :func:`~actionqueues.recover`: how many claims
-            of a run with an action type this process does not register
-            leave it for another worker (one with newer code, during a
-            rolling deploy) before one marks it ``needs_attention``.
+        pass_on: Passed to :func:`~actionqueues.recover`: how many times a
+            run whose steps this process cannot rebuild (an action type it
+            does not register, a state its class refuses) is left for
+            another worker (one with newer code, during a rolling deploy)
+            before a claim marks it ``needs_attention``.
     """
 
     def __init__(
@@ -255,7 +256,6 @@ class Worker:
         self._progress_lock = threading.Lock()
         self._busy: set[int] = set()
         self._claiming: set[int] = set()  # threads inside a claim
-        self._passed_on: set[str] = set()  # runs left for another worker: not in hand
         self._claimed = threading.Condition(self._lock)  # notified when one leaves it
         self._threads: list[threading.Thread] = []
         self._ended = 0
@@ -426,12 +426,10 @@ class Worker:
         """Give up the lease of every active run this worker's owner holds."""
         journal = self.journal
         try:
-            with self._lock:
-                passed_on = set(self._passed_on)
             held = [
                 r.run_id
                 for r in journal.runs(status=ACTIVE_STATUSES)
-                if r.owner == journal.owner and r.run_id not in passed_on
+                if r.owner == journal.owner and not _passed_on(journal, r.run_id)
             ]
         except Exception as exc:  # the journal is unreachable: the leases expire by themselves
             self.log.error(
@@ -574,10 +572,6 @@ class Worker:
                 self._batch_start = began
                 self._last_progress = began
                 self._last_progress_count = 0
-            if result.outcome == "passed_on":
-                self._passed_on.add(result.run_id)
-            else:
-                self._passed_on.discard(result.run_id)
             self._batch[result.outcome] += 1
             self._batch_total += 1
             self._totals[result.outcome] += 1
@@ -788,6 +782,12 @@ def seconds(text: str) -> float:
     return value
 
 
+def _passed_on(journal: Journal, run_id: str) -> bool:
+    """Whether this owner's latest claim of ``run_id`` passed it on (it is not in hand)."""
+    events = journal.timeline(run_id).events
+    return bool(events) and events[-1].kind == "passed_on"
+
+
 def _hard_exit(code: int) -> None:  # pragma: no cover - replaced in tests; ends the process
     os._exit(code)
 
@@ -841,8 +841,8 @@ def worker_command(args: argparse.Namespace, out: TextIO, err: TextIO, paint: Pa
                     f"actionqueues: error: recovery rebuilds each step from its registered "
                     f"action type, and these are not registered in this process: {listed}. "
                     f"Pass --import MODULE for each module that defines them; --force starts "
-                    f"anyway, passing such runs on to other workers (--pass-on) before it "
-                    f"marks them needs_attention. Nothing was changed.",
+                    f"anyway, passing such runs on to other workers (up to --pass-on times) "
+                    f"before it marks them needs_attention. Nothing was changed.",
                     file=err,
                 )
                 return 2
