@@ -118,26 +118,26 @@ def parse_status(text: str) -> list[str]:
     return names
 
 
+def _whole_number(text: str, low: int, high: int | None = None) -> int:
+    """``text`` as an int from ``low`` (to ``high``), or the argparse error saying so."""
+    try:
+        value: int | None = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        wanted = f">= {low}" if high is None else f"from {low} to {high}"
+        raise argparse.ArgumentTypeError(f"expected a whole number {wanted}, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An int >= 1 (for ``--limit``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+    return _whole_number(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    """An int >= 0 (for ``--pass-on``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0 or value > 1_000_000:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 1000000, got {text!r}")
-    return value
+    """An int from 0 to a million (for ``--pass-on``)."""
+    return _whole_number(text, 0, 1_000_000)
 
 
 # -- formatting ----------------------------------------------------------------------

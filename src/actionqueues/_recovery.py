@@ -105,6 +105,12 @@ class RecoveryReport:
         return sum(1 for r in self.runs if r.outcome == outcome)
 
 
+def check_pass_on(pass_on: object) -> None:
+    """Refuse a ``pass_on`` that is not an int >= 0 (TypeError, ValueError)."""
+    if type(pass_on) is not int or pass_on < 0:
+        raise bad_argument(pass_on, (int,), f"pass_on must be an int >= 0, got {pass_on!r}")
+
+
 def _policy(name: str, value: object) -> None:
     if value is not None and not isinstance(value, RetryPolicy):
         raise TypeError(f"{name} must be a RetryPolicy or None, got {value!r}")
@@ -169,8 +175,7 @@ def recover(
     _refuse_in_event_loop("recover")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise bad_argument(limit, (int,), f"limit must be an int >= 1 or None, got {limit!r}")
-    if type(pass_on) is not int or pass_on < 0:
-        raise bad_argument(pass_on, (int,), f"pass_on must be an int >= 0, got {pass_on!r}")
+    check_pass_on(pass_on)
     listeners = tuple(listeners)
     done: list[RecoveredRun] = []
     with _event_loop() as loops:

@@ -48,7 +48,7 @@ from ._errors import bad_argument
 from ._events import Listener
 from ._journal import ACTIVE_STATUSES, Journal, JournalError
 from ._policy import RetryPolicy
-from ._recovery import OUTCOMES, RecoveredRun, recover, shared_event_loop
+from ._recovery import OUTCOMES, RecoveredRun, check_pass_on, recover, shared_event_loop
 
 __all__ = [
     "JsonLogFormatter",
@@ -234,8 +234,7 @@ class Worker:
         self.poll = _positive("poll", poll)
         self.progress_every = _positive("progress_every", progress_every)
         self.progress_runs = progress_runs
-        if type(pass_on) is not int or pass_on < 0:
-            raise bad_argument(pass_on, (int,), f"pass_on must be an int >= 0, got {pass_on!r}")
+        check_pass_on(pass_on)
         self.pass_on = pass_on
         self.resume = bool(resume)
         self.retry = retry
